@@ -1,0 +1,92 @@
+"""The records that flow from tasks to models and back.
+
+Three request kinds, as in lm-evaluation-harness, and one response record.
+Requests are frozen so they can be hashed into cache keys; responses are
+plain dataclasses that serialise to JSON for the on-disk cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Union
+
+
+@dataclass(frozen=True)
+class Loglikelihood:
+    """log P(continuation | context); the split between the two is kept at the token level."""
+
+    context: str
+    continuation: str
+
+
+@dataclass(frozen=True)
+class RollingLoglikelihood:
+    """log P(text) for a whole document, scored in windows (perplexity)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Free-running generation from a prompt until a stop string, EOS or the token budget."""
+
+    prompt: str
+    stop: tuple[str, ...] = ()
+    max_new_tokens: int = 256
+
+
+Request = Union[Loglikelihood, RollingLoglikelihood, Generate]
+
+
+def request_key(request: Request) -> str:
+    """A stable content hash of a request: the same request gets the same key in every process.
+
+    Used for the response cache and to derive each request's own random stream,
+    so results do not depend on batch composition or on the number of ranks.
+    """
+    payload = json.dumps([type(request).__name__, asdict(request)], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass
+class Timing:
+    """Where the time went for one request, so cost is measured on every run."""
+
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+
+
+@dataclass
+class Response:
+    """What a model returned for one request.
+
+    Loglikelihood requests fill ``logprob``, ``is_greedy`` and ``token_logprobs``
+    (of the continuation tokens); rolling requests fill ``logprob`` and
+    ``token_logprobs`` (of every token of the text); generation fills ``text``,
+    ``token_ids``, ``token_logprobs`` and ``finish_reason`` ("stop", "eos" or
+    "length"). ``alternatives`` holds the extra sequences of
+    ``num_return_sequences > 1`` (each a Response without alternatives).
+    """
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    logprob: float | None = None
+    is_greedy: bool | None = None
+    finish_reason: str | None = None
+    timing: Timing = field(default_factory=Timing)
+    alternatives: list["Response"] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Response":
+        data = dict(data)
+        data["timing"] = Timing(**data.get("timing", {}))
+        data["alternatives"] = [cls.from_dict(a) for a in data.get("alternatives", [])]
+        return cls(**data)

@@ -1,0 +1,182 @@
+"""The run's output: results.json (scores + metadata) and per-sample JSONL files.
+
+Everything is written atomically (temporary file + rename), so a run killed
+while writing never leaves a half-written result file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+from evalkit.metrics.base import MetricResult
+
+TRACKED_PACKAGES = ("evalkit", "torch", "transformers", "sacrebleu", "rouge-score", "bert-score", "unbabel-comet", "lm-eval")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: Path, records: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+@dataclass
+class Efficiency:
+    """Cost of one (task, decoding) cell, summed over its requests."""
+
+    wall_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    requests: int = 0
+    cached: int = 0
+    peak_memory_mb: float | None = None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.generated_tokens / self.decode_s if self.decode_s > 0 and self.generated_tokens else None
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items()}
+        out["tokens_per_s"] = self.tokens_per_s
+        return out
+
+
+@dataclass
+class CellResult:
+    """Scores of one task under one decoding strategy."""
+
+    metrics: dict[str, MetricResult]
+    samples: list[dict]
+    decoding: dict | None
+    efficiency: Efficiency
+    n_items: int
+
+
+@dataclass
+class RunResult:
+    model: str
+    backend: str
+    cells: dict[str, dict[str, CellResult]] = field(default_factory=dict)  # task -> decoding label -> cell
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The results.json structure: ``{"model", "results": {task: {decoding: {metric: value}}}, ...}``.
+
+        Next to each metric value sits ``<metric>_ci`` (the bootstrap interval)
+        when one was computed; signatures, per-cell efficiency and the full
+        decoding configs are kept apart so the ``results`` block stays flat.
+        """
+        results: dict[str, dict[str, dict[str, Any]]] = {}
+        signatures: dict[str, dict[str, str]] = {}
+        efficiency: dict[str, dict[str, dict]] = {}
+        decodings: dict[str, dict | None] = {}
+        n_items: dict[str, int] = {}
+        for task, by_decoding in self.cells.items():
+            results[task] = {}
+            efficiency[task] = {}
+            for label, cell in by_decoding.items():
+                values: dict[str, Any] = {}
+                for name, metric in cell.metrics.items():
+                    values[name] = metric.score
+                    if metric.ci is not None:
+                        values[f"{name}_ci"] = list(metric.ci)
+                    signatures.setdefault(task, {})[name] = metric.signature
+                results[task][label] = values
+                efficiency[task][label] = cell.efficiency.to_dict()
+                decodings[label] = cell.decoding
+                n_items[task] = cell.n_items
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "results": results,
+            "n_items": n_items,
+            "signatures": signatures,
+            "efficiency": efficiency,
+            "decoding": decodings,
+            "meta": self.meta,
+        }
+
+    def write(self, output_dir: Path) -> Path:
+        """Write results.json and samples/<task>__<decoding>.jsonl under ``output_dir``."""
+        output_dir = Path(output_dir)
+        for task, by_decoding in self.cells.items():
+            for label, cell in by_decoding.items():
+                write_jsonl(output_dir / "samples" / f"{safe_filename(task)}__{safe_filename(label)}.jsonl", cell.samples)
+        path = output_dir / "results.json"
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=_json_default) + "\n")
+        return path
+
+
+def safe_filename(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_hash() -> str | None:
+    """The commit of the evalkit checkout, when evalkit runs from one (editable installs)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_metadata(config: dict[str, Any], device: str) -> dict[str, Any]:
+    """Versions, code revision, hardware and settings: what is needed to reproduce a number."""
+    import torch
+
+    hardware = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        hardware["gpu"] = torch.cuda.get_device_name(0)
+    return {
+        "versions": package_versions(),
+        "python": sys.version.split()[0],
+        "git_hash": git_hash(),
+        "hardware": hardware,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config,
+        "seed": config.get("seed"),
+    }
