@@ -29,9 +29,7 @@ def response_key(model_id: str, request: Request, decoding: DecodingConfig | Non
     """Generation depends on the decoding config; scoring requests do not (the label is irrelevant)."""
     parts = [model_id, request_key(request)]
     if isinstance(request, Generate) and decoding is not None:
-        settings = decoding.to_dict()
-        settings.pop("name", None)
-        parts.append(json.dumps(settings, sort_keys=True, default=list))
+        parts.append(decoding.key())
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
 

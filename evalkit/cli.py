@@ -18,7 +18,8 @@ from rich.table import Table
 
 from evalkit.errors import EvalkitError
 
-console = Console()
+# Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 
@@ -172,7 +173,33 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- report
+
+
+def add_report_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("report", help="build a self-contained HTML leaderboard from run folders")
+    p.add_argument("run_dirs", nargs="+", type=Path, help="folders written by `evalkit run`, or a folder of such folders")
+    p.add_argument("-o", "--output", type=Path, default=Path("leaderboards/index.html"), help="HTML file to write (default: leaderboards/index.html)")
+    p.add_argument("--title", default=None, help="page title (default: names the models)")
+    p.set_defaults(handler=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evalkit.report import build_report
+
+    path = build_report(args.run_dirs, args.output, title=args.title)
+    console.print(f"leaderboard: {path} ({path.stat().st_size / 1e6:.2f} MB)", highlight=False, markup=False, soft_wrap=True)
+    return 0
+
+
 # ---------------------------------------------------------------- entry
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (tokenizer-length warnings, legacy notices) would bury evalkit's own messages."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
 
 
 def _positive_int(text: str) -> int:
@@ -185,7 +212,124 @@ def _positive_int(text: str) -> int:
     return value
 
 
-PARSER_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_list_parser]
+PARSER_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_list_parser, add_report_parser]
+
+
+# ---------------------------------------------------------------- score | meta-eval (metrics without a model)
+
+
+def _add_outputs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hyp", nargs="+", type=Path, default=[], help="hypothesis files, one per system, one segment per line")
+    p.add_argument("--ref", nargs="+", type=Path, default=[], help="reference files (several: multi-reference)")
+    p.add_argument("--src", type=Path, help="source file (COMET)")
+    p.add_argument("--jsonl", type=Path, help="one jsonl file with a row per (system, segment) instead of text files")
+    p.add_argument("--system-field", default="system")
+    p.add_argument("--prediction-field", default="hypothesis")
+    p.add_argument("--reference-field", default="reference", help="a string, or a list of strings for several references")
+    p.add_argument("--source-field", default=None)
+    p.add_argument("--id-field", default=None, help="align systems by this field (default: row order)")
+    p.add_argument("--metrics", default="bleu,chrf", help="comma-separated, e.g. bleu,chrf,ter,rouge,bertscore,comet,wer,cer")
+    p.add_argument("--option", action="append", default=[], metavar="METRIC.KEY=VALUE",
+                   help="metric option, e.g. wer.lowercase=true, bertscore.model=DIR, comet.model=Unbabel/wmt22-comet-da")
+
+
+def _metric_options(pairs: Sequence[str]) -> dict[str, dict]:
+    import yaml
+
+    options: dict[str, dict] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        metric, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise EvalkitError(f"--option {pair!r}: expected METRIC.KEY=VALUE, e.g. wer.lowercase=true")
+        options.setdefault(metric, {})[name.replace("-", "_")] = yaml.safe_load(value)
+    return options
+
+
+def _outputs_from_args(args: argparse.Namespace, human_fields: Sequence[str] = ()):
+    from evalkit.scoring import load_jsonl_outputs, load_text_outputs
+
+    if args.jsonl:
+        return load_jsonl_outputs(args.jsonl, args.system_field, args.prediction_field, args.reference_field,
+                                  args.source_field, args.id_field, human_fields)
+    if human_fields:
+        raise EvalkitError("meta-eval: human scores come from a jsonl file; pass --jsonl FILE --human-field NAME")
+    if not args.hyp or not args.ref:
+        raise EvalkitError("score: give --hyp FILES and --ref FILES, or --jsonl FILE with its field names")
+    return load_text_outputs(args.hyp, args.ref, args.src)
+
+
+def add_score_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("score", help="score existing system outputs (no model): ranked table, intervals, pairwise tests")
+    _add_outputs_arguments(p)
+    p.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", type=Path, help="write DIR/results.json")
+    p.set_defaults(handler=cmd_score)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from evalkit.scoring import score_systems
+
+    _quiet_libraries()
+    report = score_systems(_outputs_from_args(args), args.metrics, _metric_options(args.option), n_resamples=args.bootstrap,
+                           seed=args.seed, output_dir=args.output, config={"inputs": [str(p) for p in [*args.hyp, *args.ref]] or str(args.jsonl)})
+    console.print(score_table(report))
+    console.print(pairwise_table(report, report.metrics[0]))
+    if args.output:
+        console.print(f"results: {args.output / 'results.json'}")
+    return 0
+
+
+def score_table(report) -> Table:
+    table = Table(title=f"systems ranked by {report.metrics[0]} (95% bootstrap CI)")
+    table.add_column("rank", justify="right")
+    table.add_column("system")
+    for name in report.metrics:
+        table.add_column(f"{name} {'↑' if report.higher_is_better[name] else '↓'}", justify="right")
+    for rank, system in enumerate(report.ranking, 1):
+        cells = [f"{r.score:.4g} [{r.ci[0]:.4g}, {r.ci[1]:.4g}]" for r in report.results[system].values()]
+        table.add_row(str(rank), system, *cells)
+    return table
+
+
+def pairwise_table(report, metric: str) -> Table:
+    table = Table(title=f"pairwise {metric}: row - column (p-value; * p < 0.05)")
+    table.add_column("")
+    for system in report.ranking[1:]:
+        table.add_column(system, justify="right")
+    tests = report.pairwise[metric]
+    for i, a in enumerate(report.ranking[:-1]):
+        cells = [""] * i + [
+            f"{t.delta:+.3g} ({t.p_value:.3f}){'*' if t.p_value < 0.05 else ''}" for b in report.ranking[i + 1 :] for t in [tests[(a, b)]]
+        ]
+        table.add_row(a, *cells)
+    return table
+
+
+def add_meta_eval_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("meta-eval", help="correlate metrics with human scores (segment, item and system level)")
+    _add_outputs_arguments(p)
+    p.add_argument("--human-field", required=True, help="comma-separated human score fields, e.g. mqm_score or coherence,relevance")
+    p.set_defaults(handler=cmd_meta_eval)
+
+
+def cmd_meta_eval(args: argparse.Namespace) -> int:
+    from evalkit.scoring import meta_evaluate
+
+    _quiet_libraries()
+    humans = [h.strip() for h in args.human_field.split(",") if h.strip()]
+    rows = meta_evaluate(_outputs_from_args(args, humans), args.metrics, _metric_options(args.option))
+    table = Table(title="correlation with human scores (segment: all pairs pooled; item: per item across systems, averaged)")
+    for column in ("metric", "human", "level", "pearson", "spearman", "kendall", "n"):
+        table.add_column(column, justify="left" if column in ("metric", "human", "level") else "right")
+    for row in rows:
+        table.add_row(row.metric, row.human, row.level, f"{row.pearson:.3f}", f"{row.spearman:.3f}", f"{row.kendall:.3f}", str(row.n))
+    console.print(table)
+    return 0
+
+
+PARSER_BUILDERS.extend([add_score_parser, add_meta_eval_parser])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return args.handler(args)
     except EvalkitError as error:

@@ -1,0 +1,132 @@
+"""The command line as a user meets it: one-line errors for bad input, a results table and files for a good run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evalkit.cli import main
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "evalkit", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_line_error(capsys, argv: list[str], *needles: str) -> str:
+    """In-process: exit status 2, one 'error:' line on stderr naming the problem, no traceback."""
+    assert main(argv) == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def test_unknown_task(capsys):
+    assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", "hellaswagg"], "hellaswagg", "evalkit list tasks")
+
+
+def test_unknown_model(capsys, data_dir):
+    assert_one_line_error(capsys, ["run", "--model", "no-such-model", "--tasks", "demo"], "no-such-model", "evalkit list models")
+
+
+def test_unknown_decoding(capsys):
+    assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", "demo", "--decoding", "beem4"], "beem4")
+
+
+def test_missing_data_dir_names_the_fix(capsys, tmp_path):
+    assert_one_line_error(
+        capsys, ["run", "--model", "smollm2-135m", "--tasks", "hellaswag", "--data-dir", str(tmp_path)], "hellaswag", "--data-dir"
+    )
+
+
+def test_malformed_yaml(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: broken\noutput_type: [multiple_choice\n")
+    assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", str(bad)], "bad.yaml")
+
+
+def test_unknown_metric_in_yaml(capsys, tmp_path):
+    data = tmp_path / "items.jsonl"
+    data.write_text(json.dumps({"q": "Two plus two is", "a": " four"}) + "\n")
+    spec = tmp_path / "task.yaml"
+    spec.write_text(
+        "name: mine\noutput_type: generate_until\n"
+        f"dataset:\n  path: {data}\n"
+        "doc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\nmetrics: [exact_match, blue]\n"
+    )
+    assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", str(spec)], "blue", "evalkit list metrics")
+
+
+def test_missing_field_in_data(capsys, tmp_path):
+    data = tmp_path / "items.jsonl"
+    data.write_text(json.dumps({"question": "Two plus two is"}) + "\n")
+    spec = tmp_path / "task.yaml"
+    spec.write_text(
+        "name: mine\noutput_type: generate_until\n"
+        f"dataset:\n  path: {data}\n"
+        "doc_to_text: '{{question}}'\ndoc_to_target: '{{answer}}'\nmetrics: [exact_match]\n"
+    )
+    assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", str(spec), "--no-cache"], "answer")
+
+
+def test_prompt_longer_than_context(capsys, tmp_path):
+    """A 9,000-word prompt does not fit SmolLM2's 8,192-token context: the error names the limit and the fix."""
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"text": "word " * 9000, "answer": "x"}) + "\n")
+    spec = tmp_path / "long.yaml"
+    spec.write_text(
+        "name: long-prompt\noutput_type: generate_until\n"
+        f"dataset:\n  path: {data}\n"
+        "doc_to_text: '{{text}}'\ndoc_to_target: '{{answer}}'\nmetrics: [exact_match]\n"
+    )
+    err = assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", str(spec), "--no-cache"], "8192")
+    assert "token" in err
+
+
+def test_list_commands_name_the_builtins():
+    tasks = run_cli("list", "tasks")
+    assert tasks.returncode == 0, tasks.stderr
+    for name in ("wikitext2", "hellaswag", "piqa", "gsm8k", "wmt21-de-en", "wmt21-en-de", "cnndm-summeval", "demo"):
+        assert name in tasks.stdout
+    models = run_cli("list", "models")
+    assert "smollm2-135m" in models.stdout
+    metrics = run_cli("list", "metrics")
+    for name in ("bleu", "chrf", "rougeLsum", "word_perplexity", "acc_norm", "exact_match"):
+        assert name in metrics.stdout
+
+
+def test_run_demo_writes_results_and_prints_table(tmp_path):
+    """The README's main command (with a small limit): a results table, results.json and per-sample files."""
+    out = tmp_path / "run"
+    proc = run_cli(
+        "run", "--model", "smollm2-135m", "--tasks", "demo", "--limit", "4", "--output", str(out),
+        env={"EVALKIT_CACHE": str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "word_perplexity" in proc.stdout and "acc_norm" in proc.stdout and "exact_match" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"] == "smollm2-135m"
+    assert set(results["results"]) == {"demo-lm", "demo-choice", "demo-arith"}
+    assert set(results["results"]["demo-arith"]) == {"greedy"}
+    assert 1 < results["results"]["demo-lm"]["loglikelihood"]["word_perplexity"] < 10_000
+    for key in ("versions", "git_hash", "config", "seed", "hardware", "date"):
+        assert key in results["meta"]
+    samples = [json.loads(line) for line in (out / "samples" / "demo-arith__greedy.jsonl").read_text().splitlines()]
+    assert len(samples) == 4
+    for sample in samples:
+        assert sample["prompt"].rstrip().endswith("Answer:")
+        assert {"output", "reference", "scores"} <= set(sample)
