@@ -1,0 +1,71 @@
+"""A run killed mid-way (SIGINT or SIGKILL) resumes from the response cache and ends with the same results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import evalkit
+
+LIMIT = 16  # 16 hellaswag items = 64 loglikelihood requests = two cached chunks, plus 16 generations
+
+
+def cached_rows(cache_file: Path) -> int:
+    if not cache_file.exists():
+        return 0
+    try:
+        with sqlite3.connect(cache_file, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    except sqlite3.OperationalError:  # table not created yet
+        return 0
+
+
+def run_args(data_dir: Path, output: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "evalkit", "run", "--model", "smollm2-135m", "--tasks", "hellaswag,demo-arith",
+        "--limit", str(LIMIT), "--batch-size", "4", "--data-dir", str(data_dir), "--output", str(output),
+        "--bootstrap", "100",
+    ]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(smollm2, data_dir):
+    """The same grid in one go, in process, without any cache."""
+    return evalkit.evaluate(
+        smollm2, tasks="hellaswag,demo-arith", limit=LIMIT, data_dir=data_dir, batch_size=4, bootstrap=100, cache=False
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_interrupted_run_resumes_to_identical_results(sig, tmp_path, data_dir, uninterrupted):
+    env = {**os.environ, "EVALKIT_CACHE": str(tmp_path / "cache")}
+    cache_file = tmp_path / "cache" / "responses.sqlite"
+    output = tmp_path / "run"
+    proc = subprocess.Popen(run_args(data_dir, output), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while cached_rows(cache_file) == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, stderr[-2000:]
+        assert "rerun the same command to resume" in stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    done_before = cached_rows(cache_file)
+    assert 0 < done_before < 4 * LIMIT, "the kill must land mid-run"
+    assert not (output / "results.json").exists()
+
+    resumed = subprocess.run(run_args(data_dir, output), env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    results = json.loads((output / "results.json").read_text())
+    assert results["efficiency"]["hellaswag"]["loglikelihood"]["cached"] == done_before
+    assert results["results"] == uninterrupted["results"]
