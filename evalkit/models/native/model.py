@@ -1,0 +1,184 @@
+"""The LLaMA-family Transformer, in the spirit of gpt-fast's model.py.
+
+RMSNorm, RoPE, SwiGLU, grouped-query attention through SDPA. The q/k/v and
+gate/up projections are fused into one matmul each (fewer, larger GEMMs).
+Numerics follow transformers' Llama/Qwen2/Mistral code step by step (fp32
+RMSNorm, cos/sin from fp32 frequencies cast to the activation dtype) so logits
+agree to float rounding.
+
+``forward`` takes explicit positions (-1 = padding) and writes the new keys
+and values into the per-row slots of a :class:`KVCache`; it returns the final
+hidden states, and :meth:`Transformer.logits` is applied only where a caller
+needs logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evalkit.models.native.cache import KVCache
+from evalkit.models.native.config import NativeConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, c: NativeConfig, sliding: bool) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = c.n_heads, c.n_kv_heads, c.head_dim
+        self.sliding = sliding
+        self.attn_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.qkv = nn.Linear(c.hidden_size, (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, bias=c.qkv_bias)
+        self.o = nn.Linear(c.n_heads * c.head_dim, c.hidden_size, bias=c.o_bias)
+        self.mlp_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.gate_up = nn.Linear(c.hidden_size, 2 * c.intermediate_size, bias=c.mlp_bias)
+        self.down = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+
+    def forward(self, x: torch.Tensor, layer: int, ctx: "_StepContext") -> torch.Tensor:
+        b, s, _ = x.shape
+        qkv = self.qkv(self.attn_norm(x))
+        q, k, v = qkv.split([self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], -1)
+        q = q.view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, s, self.n_kv, self.head_dim)
+        v = v.view(b, s, self.n_kv, self.head_dim)
+        q = q * ctx.cos + rotate_half(q) * ctx.sin
+        k = k * ctx.cos_kv + rotate_half(k) * ctx.sin_kv
+        if ctx.cache is not None:
+            keys, values = ctx.cache.k[layer], ctx.cache.v[layer]
+            keys[ctx.row_idx, :, ctx.slot] = k  # [b, s, kv, d] into the rows' own slots
+            values[ctx.row_idx, :, ctx.slot] = v
+        if ctx.fresh:  # nothing cached before this call: attend to the new tokens directly
+            keys, values = k.transpose(1, 2), v.transpose(1, 2)
+        else:
+            if ctx.rows is not None:
+                keys, values = keys[ctx.rows], values[ctx.rows]
+            keys, values = keys[:, :, : ctx.kv_len], values[:, :, : ctx.kv_len]
+        mask = ctx.sliding_mask if self.sliding else ctx.mask
+        y = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, is_causal=ctx.causal, enable_gqa=self.n_kv != self.n_heads
+        )
+        x = x + self.o(y.transpose(1, 2).reshape(b, s, -1))
+        gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
+
+
+class _StepContext:
+    """Everything one forward call shares across layers: slots, masks, cos/sin (computed once, not per layer).
+
+    Without a cache (scoring), ``segments`` = (segment id, branch id) per
+    token packs several sequences into one row: a token sees the earlier
+    tokens of its own segment that are on its branch or on the shared trunk
+    (branch 0), so one row can hold a context and all its continuations.
+    """
+
+    def __init__(
+        self,
+        config: NativeConfig,
+        inv_freq: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache | None,
+        rows: torch.Tensor | None,
+        dtype: torch.dtype,
+        static: bool,
+        segments: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> None:
+        b, s = positions.shape
+        device = positions.device
+        self.cache, self.rows, self.causal = cache, rows, False
+        valid = positions >= 0
+        if cache is None:
+            self.fresh, key_pos = True, positions
+        else:
+            row_ids = rows if rows is not None else torch.arange(b, device=device)
+            self.row_idx = row_ids[:, None].expand(b, s)
+            base = cache.lengths[row_ids]
+            self.slot = torch.where(valid, base[:, None] + valid.cumsum(1) - 1, cache.max_len)
+            cache.pos[self.row_idx, self.slot] = positions
+            cache.lengths[row_ids] = base + valid.sum(1)
+            # A static (CUDA graph) step always reads the whole cache; otherwise read only the used slots.
+            self.fresh = not static and bool((base == 0).all())
+            if self.fresh:
+                key_pos = positions
+            else:
+                self.kv_len = cache.max_len + 1 if static else int(cache.lengths[row_ids].max())
+                key_pos = cache.pos[row_ids, : self.kv_len]
+        self.mask = self.sliding_mask = None
+        if cache is None and segments is None and config.sliding_window is None:
+            # one right-padded sequence per row: padding sits after every real token, plain causal attention is exact
+            self.causal = True
+        else:
+            q, k = positions[:, None, :, None], key_pos[:, None, None, :]
+            allowed = (k >= 0) & (k <= q)
+            if segments is not None:
+                seg, branch = segments[0][:, None], segments[1][:, None]
+                same = seg[..., :, None] == seg[..., None, :]
+                on_path = (branch[..., None, :] == 0) | (branch[..., :, None] == branch[..., None, :])
+                allowed &= same & on_path
+            # A padding query may see nothing; let it see slot 0 so SDPA never averages an empty set (NaN).
+            pad_query = ~valid[:, None, :, None]
+            first = torch.zeros_like(allowed)
+            first[..., 0] = True
+            self.mask = allowed | (pad_query & first)
+            if config.sliding_window is not None:
+                self.sliding_mask = (allowed & (q - k < config.sliding_window)) | (pad_query & first)
+        freqs = positions.clamp(min=0).float()[..., None] * inv_freq  # [b, s, d/2], fp32 like transformers
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * config.attention_scaling).to(dtype)
+        sin = (emb.sin() * config.attention_scaling).to(dtype)
+        self.cos, self.sin = cos[:, None], sin[:, None]  # broadcast over heads, [b, 1, s, d]
+        self.cos_kv, self.sin_kv = cos[:, :, None], sin[:, :, None]  # keys stay [b, s, kv, d] for the cache write
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: NativeConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, config.sliding_layers[i]) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.register_buffer("inv_freq", torch.tensor(config.inv_freq, dtype=torch.float32), persistent=False)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache | None,
+        rows: torch.Tensor | None = None,
+        static: bool = False,
+        segments: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states ``[b, s, hidden]`` for ``tokens`` at ``positions``, appended to cache ``rows``.
+
+        ``rows`` (default: every cache row, in order) lets a continuous-batching
+        engine prefill new requests into the slots that finished rows freed.
+        With ``cache=None`` nothing is stored (scoring): each row is one
+        right-padded sequence, or packed ``segments`` (see ``_StepContext``).
+        """
+        x = self.embed(tokens)
+        ctx = _StepContext(self.config, self.inv_freq, positions, cache, rows, x.dtype, static, segments)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, i, ctx)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
