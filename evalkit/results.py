@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from evalkit.metrics.base import MetricResult
+from evalkit.requests import Response
 
 TRACKED_PACKAGES = ("evalkit", "torch", "transformers", "sacrebleu", "rouge-score", "bert-score", "unbabel-comet", "lm-eval")
 
@@ -44,7 +45,11 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> None:
 
 @dataclass
 class Efficiency:
-    """Cost of one (task, decoding) cell, summed over its requests."""
+    """Cost of one (task, decoding) cell, summed over the requests this run computed.
+
+    ``tokens_per_s`` is end-to-end throughput (generated tokens over prefill +
+    decode seconds); ``decode_tokens_per_s`` leaves the prefill out.
+    """
 
     wall_s: float = 0.0
     prefill_s: float = 0.0
@@ -55,14 +60,27 @@ class Efficiency:
     cached: int = 0
     peak_memory_mb: float | None = None
 
+    @classmethod
+    def from_responses(cls, responses: Iterable[Response], **fields: Any) -> "Efficiency":
+        out = cls(**fields)
+        for response in responses:
+            out.prefill_s += response.timing.prefill_s
+            out.decode_s += response.timing.decode_s
+            out.prompt_tokens += response.timing.prompt_tokens
+            out.generated_tokens += response.timing.generated_tokens
+        return out
+
     @property
     def tokens_per_s(self) -> float | None:
+        seconds = self.prefill_s + self.decode_s
+        return self.generated_tokens / seconds if seconds > 0 and self.generated_tokens else None
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
         return self.generated_tokens / self.decode_s if self.decode_s > 0 and self.generated_tokens else None
 
     def to_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items()}
-        out["tokens_per_s"] = self.tokens_per_s
-        return out
+        return {**self.__dict__, "tokens_per_s": self.tokens_per_s, "decode_tokens_per_s": self.decode_tokens_per_s}
 
 
 @dataclass

@@ -1,0 +1,115 @@
+"""Diversity metrics for generated text, efficiency from timings, and the Pareto-marked comparison."""
+
+from __future__ import annotations
+
+import pytest
+import sacrebleu
+
+from evalkit.decoding import compare_strategies
+from evalkit.errors import EvalkitError
+from evalkit.metrics.diversity import (
+    distinct_n,
+    diversity_metrics,
+    group_self_bleu,
+    mean_length,
+    repetition_rate,
+    self_bleu,
+)
+from evalkit.requests import Response, Timing
+from evalkit.results import Efficiency
+
+OUTPUTS = [
+    "The cat sat on the mat, and the cat sat on the mat.",
+    "A dog ran in the park.",
+    "The cat sat on a hat!",
+    "Rain fell over the quiet town all night.",
+]
+
+
+def _words(text: str) -> list[str]:
+    return sacrebleu.tokenizers.tokenizer_13a.Tokenizer13a()(text).split()
+
+
+def test_distinct_n_counts_unique_ngrams_over_all_outputs():
+    for n in (1, 2, 3):
+        grams = [tuple(w[i:i + n]) for w in map(_words, OUTPUTS) for i in range(len(w) - n + 1)]
+        result = distinct_n(OUTPUTS, n)
+        assert result.name == f"distinct-{n}"
+        assert result.score == pytest.approx(len(set(grams)) / len(grams))
+        assert "tok:13a" in result.signature and f"n:{n}" in result.signature
+
+
+def test_repetition_rate_is_the_share_of_repeated_ngrams_within_each_output():
+    result = repetition_rate(OUTPUTS, n=4)
+    expected = []
+    for text in OUTPUTS:
+        w = _words(text)
+        grams = [tuple(w[i:i + 4]) for i in range(len(w) - 3)]
+        expected.append(1 - len(set(grams)) / len(grams))
+    assert result.per_sample == pytest.approx(expected)
+    assert result.per_sample[0] > 0 and result.per_sample[1] == 0
+    assert result.score == pytest.approx(sum(expected) / len(expected))
+
+
+def test_self_bleu_equals_sacrebleu_against_the_other_outputs():
+    result = self_bleu(OUTPUTS)
+    expected = [
+        sacrebleu.sentence_bleu(text, [o for j, o in enumerate(OUTPUTS) if j != i], use_effective_order=True).score
+        for i, text in enumerate(OUTPUTS)
+    ]
+    assert result.per_sample == pytest.approx(expected)
+    assert result.score == pytest.approx(sum(expected) / len(expected))
+    assert "nrefs" in result.signature and sacrebleu.__version__ in result.signature
+    identical = self_bleu(["same words here today"] * 3)
+    assert identical.score == pytest.approx(100.0)
+
+
+def test_group_self_bleu_and_mean_length():
+    groups = [OUTPUTS[:2], OUTPUTS[2:]]
+    result = group_self_bleu(groups)
+    first = (sacrebleu.sentence_bleu(OUTPUTS[0], [OUTPUTS[1]], use_effective_order=True).score
+             + sacrebleu.sentence_bleu(OUTPUTS[1], [OUTPUTS[0]], use_effective_order=True).score) / 2
+    assert result.per_sample[0] == pytest.approx(first)
+    length = mean_length(OUTPUTS)
+    assert length.per_sample == [float(len(_words(t))) for t in OUTPUTS]
+    names = [r.name for r in diversity_metrics(OUTPUTS, groups)]
+    assert names == ["distinct-1", "distinct-2", "distinct-3", "self-bleu", "rep-4", "length", "group-self-bleu"]
+
+
+def test_diversity_errors_are_one_line():
+    with pytest.raises(EvalkitError, match="no outputs"):
+        distinct_n([], 2)
+    with pytest.raises(EvalkitError, match="at least two outputs"):
+        self_bleu(["only one"])
+    with pytest.raises(EvalkitError, match="num_return_sequences >= 2"):
+        group_self_bleu([["a"], ["b"]])
+
+
+def test_efficiency_from_timings():
+    responses = [
+        Response(timing=Timing(prefill_s=0.5, decode_s=1.5, prompt_tokens=10, generated_tokens=20)),
+        Response(timing=Timing(prefill_s=0.5, decode_s=0.5, prompt_tokens=6, generated_tokens=10)),
+    ]
+    eff = Efficiency.from_responses(responses, requests=2)
+    assert eff.tokens_per_s == pytest.approx(30 / 3.0)
+    assert eff.decode_tokens_per_s == pytest.approx(30 / 2.0)
+    assert (eff.prefill_s, eff.decode_s, eff.prompt_tokens, eff.generated_tokens) == (1.0, 2.0, 16, 30)
+
+
+def test_compare_strategies_marks_the_pareto_front():
+    rows = [
+        {"strategy": "greedy", "quality": 30.0, "tokens_per_s": 100.0},
+        {"strategy": "beam4", "quality": 32.0, "tokens_per_s": 40.0},
+        {"strategy": "top-p0.9", "quality": 25.0, "tokens_per_s": 90.0},  # dominated by greedy
+        {"strategy": "beam2", "quality": 32.0, "tokens_per_s": 35.0},  # dominated by beam4
+        {"strategy": "tie", "quality": 30.0, "tokens_per_s": 100.0},  # equal to greedy: both stay
+        {"strategy": "broken", "quality": None, "tokens_per_s": 500.0},
+    ]
+    marked = compare_strategies(rows)
+    assert [r["pareto"] for r in marked] == [True, True, False, False, True, False]
+    assert rows[0].get("pareto") is None  # inputs untouched
+    by_bleu = compare_strategies([{"strategy": "a", "bleu": 1.0, "tps": 2.0}, {"strategy": "b", "bleu": 2.0, "tps": 2.0}],
+                                 quality_key="bleu", speed_key="tps")
+    assert [r["pareto"] for r in by_bleu] == [False, True]
+    with pytest.raises(EvalkitError, match="has no 'quality'"):
+        compare_strategies([{"strategy": "x", "tokens_per_s": 1.0}])
