@@ -1,0 +1,116 @@
+"""build_report(): run folders in, one self-contained HTML file out.
+
+The page carries its own CSS, script and data, so it opens from disk, from a
+mail attachment or from a static host with no network. A Content-Security-Policy
+allows only the one inline script (by hash) and no fetches at all, as a second
+wall behind the escaping: Jinja autoescapes every string in the markup, the
+data block is JSON with ``<``, ``>`` and ``&`` escaped, and the script builds
+the sample browser with ``textContent`` only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from evalkit.report import stats
+from evalkit.report.leaderboard import Leaderboard, TaskSection, build_leaderboard
+from evalkit.report.payload import sample_payload, script_json
+from evalkit.report.plots import Plot, scatter
+from evalkit.report.runs import load_runs
+from evalkit.results import atomic_write_text
+
+
+def build_report(run_dirs: list[Path], output: Path, title: str | None = None) -> Path:
+    """Write the leaderboard of ``run_dirs`` (run folders, or folders of run folders) to ``output``; return its path."""
+    board = build_leaderboard(load_runs([Path(d) for d in run_dirs]))
+    output = Path(output)
+    atomic_write_text(output, render_html(board, title or _default_title(board)))
+    return output
+
+
+def render_html(board: Leaderboard, title: str) -> str:
+    env = _environment()
+    script = env.loader.get_source(env, "report.js")[0]
+    css = env.loader.get_source(env, "report.css")[0]
+    return env.get_template("report.html.j2").render(
+        title=title,
+        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        board=board,
+        plots={task.name: decoding_plots(board, task) for task in board.tasks},
+        css=css,
+        script=script,
+        script_hash=base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii"),
+        data=script_json(sample_payload(board)),
+        higher_is_better=stats.higher_is_better,
+    )
+
+
+def decoding_plots(board: Leaderboard, task: TaskSection) -> list[Plot]:
+    """Quality vs tokens/s and, when the task reports a diversity metric, quality vs diversity; one series per run."""
+    if task.scored_by_loglikelihood:
+        return []
+    plots = []
+    diversity = next((m for m in task.metrics if stats.is_diversity(m)), None)
+    axes = [("tokens_per_s", "generated tokens / s (decode)", True)]
+    if diversity is not None:
+        axes.append((diversity, diversity, stats.higher_is_better(diversity)))
+    for x_name, x_label, x_higher in axes:
+        series: dict[str, list[tuple[str, float, float]]] = {}
+        for cell in task.cells:
+            x = cell.efficiency.get(x_name) if x_name == "tokens_per_s" else cell.values.get(x_name)
+            y = cell.values.get(task.headline)
+            if stats.is_finite(x) and stats.is_finite(y):
+                run = board.runs[cell.run]
+                series.setdefault(f"{run.model} ({run.backend}) {run.name}", []).append((cell.label, float(x), float(y)))
+        if series:
+            plots.append(
+                scatter(
+                    f"{task.name}: {task.headline} vs {x_label}",
+                    x_label,
+                    task.headline,
+                    series,
+                    x_higher_better=x_higher,
+                    y_higher_better=stats.higher_is_better(task.headline),
+                )
+            )
+    return plots
+
+
+def _default_title(board: Leaderboard) -> str:
+    models = list(dict.fromkeys(run.model for run in board.runs))
+    return f"evalkit leaderboard: {', '.join(models[:3])}{' ...' if len(models) > 3 else ''}"
+
+
+def _fmt(value: object) -> str:
+    """Numbers as a leaderboard prints them: 4 decimals below 1, 2 below 100, 1 above."""
+    if not stats.is_finite(value):
+        return "–"
+    magnitude = abs(value)
+    return f"{value:.4f}" if magnitude < 1 else f"{value:.2f}" if magnitude < 100 else f"{value:.1f}"
+
+
+def _pvalue(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return "p<0.001" if value < 0.001 else f"p={value:.3f}"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("evalkit.report", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["fmt"] = _fmt
+    env.filters["pvalue"] = _pvalue
+    env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    env.tests["finite"] = stats.is_finite
+    return env

@@ -1,0 +1,111 @@
+"""Reading run folders written by `evalkit run` back into memory for the report.
+
+A run folder holds ``results.json`` and ``samples/<task>__<decoding>.jsonl``
+(see :mod:`evalkit.results`). The report accepts either run folders or a parent
+folder of run folders (``evalkit report runs/``), so a whole grid of runs can
+be published with one argument.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evalkit.errors import EvalkitError
+from evalkit.results import safe_filename
+
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class Run:
+    """One results.json and its per-sample records, keyed by (task, decoding label)."""
+
+    path: Path
+    name: str
+    model: str
+    backend: str
+    results: dict[str, dict[str, dict[str, Any]]]
+    n_items: dict[str, int]
+    signatures: dict[str, dict[str, str]]
+    efficiency: dict[str, dict[str, dict[str, Any]]]
+    decoding: dict[str, Any]
+    meta: dict[str, Any]
+    samples: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
+
+    @property
+    def cells(self) -> list[tuple[str, str]]:
+        return [(task, label) for task, by_label in self.results.items() for label in by_label]
+
+
+def expand_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run folders as given, or the run folders one level inside a parent folder, in sorted order."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if (path / RESULTS_FILE).is_file():
+            found.append(path)
+        elif path.is_dir():
+            children = sorted(p for p in path.iterdir() if (p / RESULTS_FILE).is_file())
+            if not children:
+                raise EvalkitError(f"{path} holds no {RESULTS_FILE} (nor do its subfolders): pass a folder written by `evalkit run`")
+            found.extend(children)
+        else:
+            raise EvalkitError(f"run folder {path} does not exist: pass folders written by `evalkit run --output DIR`")
+    if not found:
+        raise EvalkitError("no run folders given: pass at least one folder written by `evalkit run`")
+    return found
+
+
+def load_run(path: Path, name: str | None = None) -> Run:
+    results_path = path / RESULTS_FILE
+    try:
+        data = json.loads(results_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise EvalkitError(f"{results_path} is not valid JSON ({error.msg} at line {error.lineno}): rerun `evalkit run`") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise EvalkitError(f"{results_path} has no 'results' object: it was not written by `evalkit run`")
+    run = Run(
+        path=path,
+        name=name or path.name,
+        model=str(data.get("model", "?")),
+        backend=str(data.get("backend", "?")),
+        results=data["results"],
+        n_items=data.get("n_items") or {},
+        signatures=data.get("signatures") or {},
+        efficiency=data.get("efficiency") or {},
+        decoding=data.get("decoding") or {},
+        meta=data.get("meta") or {},
+    )
+    for task, label in run.cells:
+        run.samples[(task, label)] = _read_samples(path / "samples" / f"{safe_filename(task)}__{safe_filename(label)}.jsonl")
+    return run
+
+
+def load_runs(paths: list[Path]) -> list[Run]:
+    """Load every run; folders that share a name get their parent's name prefixed so rows stay distinguishable."""
+    dirs = expand_run_dirs(paths)
+    names = [d.name for d in dirs]
+    return [
+        load_run(d, f"{d.parent.name}/{d.name}" if names.count(d.name) > 1 else d.name)
+        for d in dirs
+    ]
+
+
+def _read_samples(path: Path) -> list[dict]:
+    """Per-sample records; a missing file means the run kept no samples for that cell (the report says so)."""
+    if not path.is_file():
+        return []
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise EvalkitError(f"{path} line {number} is not valid JSON ({error.msg}): rerun `evalkit run`") from None
+            if isinstance(record, dict):
+                records.append(record)
+    return records

@@ -1,0 +1,291 @@
+"""The HTML leaderboard without a browser: numbers, flags, escaping and the CLI.
+
+Fixtures are real run folders written through ``RunResult.write``; their
+metric values are inputs to the report (constructed, not produced by a model),
+which is what a report test needs. Expected statistics come from scipy and
+sacrebleu inside the tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sacrebleu
+from scipy.stats import binomtest
+
+from evalkit.cli import main
+from evalkit.metrics.base import MetricResult
+from evalkit.report import build_report
+from evalkit.report.leaderboard import build_leaderboard
+from evalkit.report.plots import nice_ticks, scatter
+from evalkit.report.runs import load_runs
+from evalkit.report.stats import headline_metric, higher_is_better, pareto_front, ranks, win_rates
+from evalkit.results import CellResult, Efficiency, RunResult
+
+INJECTIONS = (
+    '<script>alert("xss-script")</script>',
+    "</textarea><img src=x onerror=alert('xss-img')>",
+    "<a href=\"javascript:alert('xss-link')\">click me</a>",
+    "{{ 7*7 }} {% if true %}jinja{% endif %}",
+    "</script><script>alert('xss-break')</script>",
+    "line\u2028separator\u2029paragraph & <b>bold</b>",
+)
+WORDS = ("river", "mountain", "harbour", "lantern", "meadow", "castle", "orchard", "glacier")
+
+
+def greedy_like(rng: random.Random, quality: float, n: int) -> list[int]:
+    return [int(rng.random() < quality) for _ in range(n)]
+
+
+def write_run(
+    root: Path,
+    folder: str,
+    *,
+    model: str = "tiny-lm",
+    backend: str = "hf",
+    decodings: dict[str, float] | None = None,
+    tasks: tuple[str, ...] = ("qa-gen", "mc-choice"),
+    n: int = 30,
+    seed: int = 0,
+    outputs: dict[int, str] | None = None,
+    with_bleu: bool = True,
+    with_diversity: bool = True,
+    filler: int = 0,
+) -> Path:
+    """A run folder as `evalkit run` writes it: generation tasks under each decoding, scoring tasks once.
+
+    ``decodings`` maps a strategy label to its accuracy; tasks whose name starts with
+    ``mc`` are scored by loglikelihood. ``outputs`` overrides the text of chosen items;
+    ``filler`` words lengthen wrong answers to the size of real generations.
+    """
+    decodings = decodings or {"greedy": 0.7, "beam2": 0.6, "top-p0.9": 0.3}
+    rng = random.Random(f"{folder}-{seed}")
+    cells: dict[str, dict[str, CellResult]] = {}
+    for task in tasks:
+        prompts = [f"Q{i}: where is the {WORDS[i % len(WORDS)]} number {i}?" for i in range(n)]
+        references = [f"the {WORDS[i % len(WORDS)]} {i}" for i in range(n)]
+        labels = {"loglikelihood": 0.55} if task.startswith("mc") else decodings
+        cells[task] = {}
+        for k, (label, quality) in enumerate(labels.items()):
+            correct = greedy_like(rng, quality, n)
+            texts = [
+                references[i] if ok else " ".join([f"{WORDS[(i + k + 1) % len(WORDS)]} {label} guess {i}"] + rng.choices(WORDS, k=filler))
+                for i, ok in enumerate(correct)
+            ]
+            for i, text in (outputs or {}).items():
+                texts[i] = text
+            metric_name = "acc" if task.startswith("mc") else "exact_match"
+            metrics = {
+                metric_name: MetricResult(metric_name, float(np.mean(correct)), f"{metric_name}|nrefs:1|v:test", [float(c) for c in correct],
+                                          (max(0.0, np.mean(correct) - 0.1), min(1.0, np.mean(correct) + 0.1)))
+            }
+            if with_bleu and not task.startswith("mc"):
+                scorer = sacrebleu.BLEU()
+                bleu = scorer.corpus_score(texts, [references])
+                sentence = [sacrebleu.sentence_bleu(t, [r]).score for t, r in zip(texts, references)]
+                metrics["bleu"] = MetricResult("bleu", bleu.score, str(scorer.get_signature()), sentence, (bleu.score - 5, bleu.score + 5))
+            if with_diversity and not task.startswith("mc"):
+                distinct = [len(set(t.split())) / max(len(t.split()), 1) for t in texts]
+                metrics["distinct_1"] = MetricResult("distinct_1", float(np.mean(distinct)), "distinct_1|v:test", distinct)
+            samples = [
+                {"doc_id": i, "prompt": prompts[i], "output": texts[i], "reference": references[i],
+                 "filtered": texts[i], "finish_reason": "stop", "scores": {m: r.per_sample[i] for m, r in metrics.items()}}
+                for i in range(n)
+            ]
+            generated = 10 * n
+            decode_s = (len(labels) - k) * 0.5 + 0.1 * rng.random()  # later strategies: faster and worse
+            cells[task][label] = CellResult(
+                metrics=metrics,
+                samples=samples,
+                decoding=None if label == "loglikelihood" else {"name": label, "num_beams": 2 if "beam" in label else 1},
+                efficiency=Efficiency(wall_s=decode_s + 0.3, prefill_s=0.2, decode_s=decode_s, prompt_tokens=12 * n,
+                                      generated_tokens=0 if label == "loglikelihood" else generated, requests=n, cached=0, peak_memory_mb=512.0),
+                n_items=n,
+            )
+    meta = {"versions": {"evalkit": "0.1.0", "torch": "2.13.0"}, "python": "3.11", "git_hash": "0123abcd", "date": "2025-01-01T00:00:00+00:00",
+            "hardware": {"platform": "linux", "cpu_count": 2}, "config": {"model": model, "seed": seed}, "seed": seed}
+    out = root / folder
+    RunResult(model=model, backend=backend, cells=cells, meta=meta).write(out)
+    return out
+
+
+class ScriptCounter(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[tuple[dict, str]] = []
+        self.tags: list[tuple[str, dict]] = []
+        self._open: dict | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag == "script":
+            self._open, self._text = dict(attrs), []
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "script" and self._open is not None:
+            self.scripts.append((self._open, "".join(self._text)))
+            self._open = None
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    write_run(root, "alpha", model="tiny-lm")
+    write_run(root, "beta", model="other-lm", backend="native", decodings={"greedy": 0.5, "beam2": 0.45}, seed=1)
+    return root
+
+
+def test_report_is_self_contained_and_its_data_block_is_inert(tmp_path, runs):
+    hostile = write_run(tmp_path, "evil<b>run</b>", model='<script>alert("model")</script>', tasks=("qa-gen",), outputs=dict(enumerate(INJECTIONS)))
+    out = build_report([runs, hostile], tmp_path / "report.html")
+    html = out.read_text(encoding="utf-8")
+    parser = ScriptCounter()
+    parser.feed(html)
+    assert [attrs.get("type") for attrs, _ in parser.scripts] == ["application/json", None]  # nothing broke out of the data block
+    assert not [t for t, a in parser.tags if t in ("link", "img", "iframe") or "src" in a]
+    data = json.loads(parser.scripts[0][1])
+    for text in INJECTIONS:
+        assert text in data["strings"]
+    # the one inline script is allowed by its hash and nothing may be fetched
+    csp = next(a["content"] for t, a in parser.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy")
+    digest = base64.b64encode(hashlib.sha256(parser.scripts[1][1].encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp and "default-src 'none'" in csp
+    # markup: names are escaped, templates syntax is not evaluated
+    assert '<script>alert("model")' not in html and "&lt;script&gt;alert(&#34;model&#34;)&lt;/script&gt;" in html
+    assert "evil&lt;b&gt;run&lt;/b&gt;" in html
+    assert "<b>run</b>" not in html and "\u2028" not in html
+
+
+def test_overview_ranks_and_paired_tests_match_scipy(runs):
+    board = build_leaderboard(load_runs([runs]))
+    labels = [(board.runs[r.runs[0]].name, r.decoding) for r in board.rows]
+    assert labels == [("alpha", "greedy"), ("alpha", "beam2"), ("alpha", "top-p0.9"), ("beta", "greedy"), ("beta", "beam2")]
+    gen = next(t for t in board.tasks if t.name == "qa-gen")
+    assert gen.headline == "exact_match" and next(t for t in board.tasks if t.name == "mc-choice").headline == "acc"
+    # every row shows the run's single loglikelihood cell for the scoring task
+    assert {r.cells["mc-choice"].label for r in board.rows} == {"loglikelihood"}
+
+    values = {(r.runs[0], r.decoding): r.cells["qa-gen"].values["exact_match"] for r in board.rows}
+    best_key = max(values, key=values.get)
+    comparison = gen.comparisons["exact_match"]
+    best = next(c for c in gen.cells if (c.run, c.label) == best_key)
+    assert comparison.best == best.key and not comparison.approximate
+    for cell in gen.cells:
+        if cell is best:
+            continue
+        a = np.array([s.scores["exact_match"] for s in best.samples], bool)
+        b = np.array([s.scores["exact_match"] for s in cell.samples], bool)
+        only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+        expected = 1.0 if only_a + only_b == 0 else binomtest(only_a, only_a + only_b, 0.5).pvalue
+        assert comparison.pvalues[cell.key] == pytest.approx(expected)
+        assert comparison.n_paired[cell.key] == 30
+    # corpus BLEU is not the mean of sentence BLEU: the report says the test is approximate
+    assert gen.comparisons["bleu"].approximate
+    assert all(0 < p <= 1 for p in gen.comparisons["bleu"].pvalues.values())
+
+    for row in board.rows:
+        assert set(row.ranks) == {"qa-gen", "mc-choice"}
+        assert row.mean_rank == pytest.approx(np.mean(list(row.ranks.values())))
+    ordered = sorted(board.rows, key=lambda r: r.ranks["qa-gen"])
+    assert ordered[0].cells["qa-gen"].values["exact_match"] == max(values.values())
+    assert not board.flags
+
+
+def test_differing_task_sets_item_counts_and_signatures_are_flagged(tmp_path, runs):
+    small = write_run(tmp_path, "small", tasks=("qa-gen",), n=12)
+    board = build_leaderboard(load_runs([runs, small]))
+    text = " ".join(board.flags)
+    assert "Run small has no results for mc-choice" in text
+    assert "Task qa-gen was run on different numbers of items (alpha: 30, beta: 30, small: 12)" in text
+    assert all("item counts differ" in board.cell_flags[c.key] for t in board.tasks if t.name == "qa-gen" for c in t.cells)
+    html = build_report([runs, small], tmp_path / "flags.html").read_text(encoding="utf-8")
+    assert "Not directly comparable" in html and "not run" in html
+    # only the 12 shared items are paired
+    gen = next(t for t in board.tasks if t.name == "qa-gen")
+    comparison = gen.comparisons["exact_match"]
+    small_cells = [c.key for c in gen.cells if board.runs[c.run].name == "small" and c.key != comparison.best]
+    assert small_cells and all(comparison.n_paired[k] == 12 for k in small_cells)
+
+
+def test_decoding_plots_have_axes_legend_and_pareto_front(runs, tmp_path):
+    html = build_report([runs], tmp_path / "plots.html").read_text(encoding="utf-8")
+    svgs = re.findall(r"<svg xmlns=.*?</svg>", html, flags=re.S)
+    assert len(svgs) == 2  # qa-gen: quality vs tokens/s and quality vs diversity; mc-choice has no decoding
+    assert "generated tokens / s (decode)" in svgs[0] and "exact_match" in svgs[0] and "distinct_1" in svgs[1]
+    assert 'class="front"' in html and "Pareto front" in html and 'class="legend"' in html
+
+
+def test_pareto_ranks_ticks_and_directions():
+    assert pareto_front([(1, 1), (2, 0.5), (0.5, 0.5), (2, 1)]) == [False, False, False, True]
+    assert pareto_front([(1, 3), (2, 2), (3, 1), (1, 1)]) == [True, True, True, False]
+    assert ranks([3.0, 1.0, 3.0, 2.0]) == [1.5, 4.0, 1.5, 3.0]
+    assert win_rates([3.0, 1.0, 3.0]) == [0.75, 0.0, 0.75]
+    assert nice_ticks(0.13, 0.92) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert [higher_is_better(m) for m in ("acc", "bleu", "ter", "word_perplexity", "bits_per_byte", "wer", "chrf")] == [
+        True, True, False, False, False, False, True]
+    assert headline_metric(["distinct_2", "rouge1", "rougeL"]) == "rougeL"
+    plot = scatter("t", "x", "y", {"a": [("p", 1.0, 2.0), ("q", 2.0, 1.0), ("r", 0.5, 0.5)]})
+    assert [p.on_front for p in plot.series[0].points] == [True, True, False]
+    assert plot.series[0].front.count(",") == 2
+
+
+def test_tolerates_missing_samples_and_extra_fields(tmp_path):
+    run = write_run(tmp_path, "lean", tasks=("qa-gen",), n=5)
+    for path in (run / "samples").glob("*beam2*"):
+        path.unlink()
+    greedy = next((run / "samples").glob("*greedy*"))
+    records = [json.loads(line) for line in greedy.read_text().splitlines()]
+    for record in records:  # top-level scores and unknown fields, as a future task might write them
+        record["exact_match"] = record.pop("scores")["exact_match"]
+        record["choices"] = ["a", "<b>"]
+    greedy.write_text("".join(json.dumps(r) + "\n" for r in records))
+    board = build_leaderboard(load_runs([run]))
+    gen = board.tasks[0]
+    cell = next(c for c in gen.cells if c.label == "greedy")
+    assert cell.samples[0].scores == {"exact_match": records[0]["exact_match"]}
+    assert cell.samples[0].other == {"filtered": records[0]["filtered"], "finish_reason": "stop", "choices": "a\n<b>"}
+    assert any("No per-sample records for 1 cell(s)" in f for f in board.flags)
+    beam = next(c for c in gen.cells if c.label == "beam2")
+    if gen.comparisons["exact_match"].best != beam.key:
+        assert gen.comparisons["exact_match"].pvalues[beam.key] is None
+
+
+def test_cli_report_writes_file_and_explains_bad_input(tmp_path, runs, capsys):
+    out = tmp_path / "leaderboards" / "demo.html"
+    assert main(["report", str(runs / "alpha"), str(runs / "beta"), "-o", str(out), "--title", "Demo & friends"]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert "<title>Demo &amp; friends</title>" in html
+    assert str(out) in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "missing"), "-o", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "results.json").write_text("{not json")
+    assert main(["report", str(broken), "-o", str(out)]) == 2
+    assert "results.json is not valid JSON" in capsys.readouterr().err
+
+
+def test_runs_of_one_model_split_by_task_share_rows(tmp_path):
+    write_run(tmp_path, "part-gen", tasks=("qa-gen",))
+    write_run(tmp_path, "part-mc", tasks=("mc-choice",))
+    write_run(tmp_path, "other", model="other-lm", tasks=("qa-gen",))
+    board = build_leaderboard(load_runs([tmp_path]))
+    names = [r.name for r in board.runs]
+    merged = [r for r in board.rows if len(r.runs) == 2]
+    assert [r.decoding for r in merged] == ["greedy", "beam2", "top-p0.9"]
+    assert all({names[i] for i in r.runs} == {"part-gen", "part-mc"} for r in merged)
+    assert all(r.cells["qa-gen"] is not None and r.cells["mc-choice"].label == "loglikelihood" for r in merged)
+    assert board.flags == ["Run other has no results for mc-choice; its mean rank and win rate cover only the tasks it ran."]
