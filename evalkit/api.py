@@ -1,16 +1,28 @@
-"""evaluate(): the one public entry. The CLI and training loops both call it."""
+"""evaluate(): the one public entry. The CLI and training loops both call it.
+
+A training loop calls evaluate() every N steps on the model it is training, so
+the repeated call must be cheap and must leave the loop exactly as it was:
+the live module is used in place (never copied or reloaded), tasks, their
+instances and the tokenized texts are built once per process (see
+``_TASKS``, :func:`evalkit.runner.task_instances` and ``_TOKENS``), metric
+models are loaded once per process by :mod:`evalkit.metrics`, and the
+caller's train/eval flags and RNG states come back untouched.
+"""
 
 from __future__ import annotations
 
+import os
 import random
+import weakref
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from evalkit import distributed as dist
 from evalkit.cache import ResponseCache, default_cache_dir
 from evalkit.decoding.config import DecodingConfig
 from evalkit.errors import EvalkitError
@@ -36,17 +48,42 @@ def evaluate(
     output_dir: str | Path | None = None,
     cache: bool | str | Path = True,
     progress: Progress | None = None,
+    flat: bool = False,
+    every: int | None = None,
+    step: int | None = None,
+    distributed: bool | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``tasks`` under every ``decoding`` strategy; return the results.json structure.
 
     ``model`` is a registry name or path (``"smollm2-135m"``, a hub id, a folder,
-    a .gguf file), an already-loaded transformers model (pass its ``tokenizer``),
-    or any :class:`LanguageModel`. Everything the user can get wrong (task names,
-    data files, decoding specs) is checked before a model is loaded.
+    a .gguf file), an already-loaded transformers model (pass its ``tokenizer``;
+    a DDP wrapper is unwrapped), or any :class:`LanguageModel`. Everything the
+    user can get wrong (task names, data files, decoding specs) is checked
+    before a model is loaded. ``tasks`` may name lm-evaluation-harness tasks as
+    ``lm_eval:<name>`` (see :mod:`evalkit.integrations.lm_eval_tasks`).
+
+    For training loops: ``flat=True`` returns :func:`flatten`'s
+    ``{"task/metric": value}`` dict for a logger; ``every=N, step=s`` evaluates
+    only when ``s % N == 0`` and returns ``{}`` otherwise, touching nothing.
+    A live model is never cached on disk (its weights change between calls).
+
+    ``distributed``: None shards the requests across the ranks of a
+    torch.distributed job when there is one (``torchrun``, or an initialised
+    process group); every rank must then call evaluate(). Pass False when only
+    one rank calls it. Every rank gets the same results; only rank 0 writes
+    ``output_dir``.
     """
+    if every is not None:
+        if every < 1 or step is None:
+            raise EvalkitError(f"evaluate(every={every}) needs a positive every and the current step=...")
+        if step % every:
+            return {}
     task_objects = _resolve_tasks(tasks, data_dir)
     decodings = _resolve_decodings(decoding, seed)
-    language_model, model_id = _resolve_model(model, tokenizer, backend, device, dtype, batch_size)
+    ranks = dist.setup(device) if distributed is not False else dist.SINGLE
+    device = dist.local_device(device, ranks)
+    with dist.main_first(ranks):
+        language_model, model_id = _resolve_model(model, tokenizer, backend, device, dtype, batch_size)
     response_cache = _open_cache(cache) if model_id else None
     settings = GridSettings(limit=limit, batch_size=batch_size, bootstrap=bootstrap, seed=seed)
     config = {
@@ -61,29 +98,70 @@ def evaluate(
         "seed": seed,
         "bootstrap": bootstrap,
         "data_dir": str(data_dir) if data_dir is not None else None,
+        "world_size": ranks.size,
     }
+    if hasattr(language_model, "ignored_fields"):  # black-box servers: which settings they could not honour
+        config["ignored_decoding_fields"] = {decoding_label(d): language_model.ignored_fields(d) for d in decodings}
     try:
         with _evaluation_mode(language_model):
             cells = run_grid(
-                language_model, task_objects, decodings, settings, cache=response_cache, model_id=model_id, progress=progress
+                language_model, task_objects, decodings, settings,
+                cache=response_cache, model_id=model_id, progress=progress, ranks=ranks,
             )
     finally:
         if response_cache is not None:
             response_cache.close()
     run = RunResult(model=language_model.name, backend=backend, cells=cells, meta=run_metadata(config, device))
-    if output_dir is not None:
+    if output_dir is not None and ranks.is_main:
         run.write(Path(output_dir))
-    return run.to_dict()
+    results = dist.broadcast(run.to_dict(), ranks)  # rank 0 scored; the others hold no cells
+    return flatten(results) if flat else results
+
+
+def flatten(results: dict) -> dict[str, float]:
+    """results.json -> ``{"wikitext2/word_perplexity": 21.3, "hellaswag/acc": 0.41, ...}`` for a logger.
+
+    Keys are ``task/metric``; a generation task run under several decoding
+    strategies gets ``task/decoding/metric`` (e.g. ``gsm8k/beam4/exact_match``).
+    Confidence intervals and non-numeric values are left out.
+    """
+    out: dict[str, float] = {}
+    for task, by_label in results.get("results", {}).items():
+        for label, values in by_label.items():
+            prefix = f"{task}/{label}/" if len(by_label) > 1 else f"{task}/"
+            for metric, value in values.items():
+                if not metric.endswith("_ci") and isinstance(value, (int, float)):
+                    out[prefix + metric] = float(value)
+    return out
+
+
+# Tasks resolved by earlier calls (their documents already read): keyed by the names and where data comes from.
+_TASKS: dict[tuple, list] = {}
 
 
 def _resolve_tasks(tasks: str | Sequence[str], data_dir: str | Path | None) -> list:
-    from evalkit.tasks import resolve_tasks
+    from evalkit.tasks import expand, get_task
 
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     names = [n for n in names if n]
     if not names:
         raise EvalkitError("no task given: pass --tasks (see `evalkit list tasks`)")
-    return resolve_tasks(names, data_dir=str(data_dir) if data_dir is not None else None)
+    data = str(data_dir) if data_dir is not None else None
+    key = (tuple(names), data, os.environ.get("EVALKIT_DATA"))
+    if key not in _TASKS:
+        from evalkit.integrations.lm_eval_tasks import LM_EVAL_PREFIX, lm_eval_tasks
+
+        resolved: dict[str, Any] = {}  # lm-eval tasks keep their place among evalkit's; duplicates once
+        for name in names:
+            if name.startswith(LM_EVAL_PREFIX):
+                for task in lm_eval_tasks(name[len(LM_EVAL_PREFIX) :], data):
+                    resolved.setdefault(task.name, task)
+            else:
+                for member in expand([name]):
+                    if member not in resolved:
+                        resolved[member] = get_task(member, data)
+        _TASKS[key] = list(resolved.values())
+    return _TASKS[key]
 
 
 def _resolve_decodings(decoding: Any, seed: int) -> list[DecodingConfig]:
@@ -115,13 +193,18 @@ def _resolve_model(
     if isinstance(model, torch.nn.Module):
         if tokenizer is None:
             raise EvalkitError("evaluate() got a model object without its tokenizer: pass tokenizer=...")
-        if backend == "native":
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        if backend == "native":  # the native engine holds its own copy of the weights, taken now
             from evalkit.models.native import NativeModel
 
             return NativeModel.from_hf(model, tokenizer, batch_size=batch_size), None
-        from evalkit.models.hf import HFModel
+        from evalkit.models.hf import HFModel, HFSeq2SeqModel
 
-        return HFModel(model, tokenizer, batch_size=batch_size), None
+        seq2seq = getattr(model.config, "is_encoder_decoder", False)
+        adapter = (HFSeq2SeqModel if seq2seq else HFModel)(model, tokenizer, batch_size=batch_size)
+        adapter.encode = _memoized_encode(adapter.encode, tokenizer)
+        return adapter, None
     raise EvalkitError(
         f"evaluate() cannot use a model of type {type(model).__name__}: pass a model name, a path, or a transformers model"
     )
@@ -134,21 +217,42 @@ def _open_cache(cache: bool | str | Path) -> ResponseCache | None:
     return ResponseCache(path)
 
 
+# Token ids of every text a tokenizer has encoded for evaluate(): a training loop scores the same texts
+# every N steps. Weak keys: the memo goes when the tokenizer does, and nothing in it holds the model.
+_TOKENS: "weakref.WeakKeyDictionary[Any, dict[tuple[str, bool | None], list[int]]]" = weakref.WeakKeyDictionary()
+_TOKENS_PER_TOKENIZER = 200_000
+
+
+def _memoized_encode(encode: Callable[..., list[int]], tokenizer: Any) -> Callable[..., list[int]]:
+    """``encode`` answered from the tokenizer's memo (the adapter is rebuilt per call: keeping it would pin the model)."""
+    memo = _TOKENS.setdefault(tokenizer, {})
+
+    def cached(text: str, add_special_tokens: bool | None = None) -> list[int]:
+        key = (text, add_special_tokens)
+        if key not in memo:
+            if len(memo) >= _TOKENS_PER_TOKENIZER:
+                memo.clear()
+            memo[key] = encode(text, add_special_tokens)
+        return list(memo[key])  # a copy: callers may extend it
+
+    return cached
+
+
 @contextmanager
 def _evaluation_mode(model: LanguageModel) -> Iterator[None]:
-    """Inference mode for the duration; the caller's train/eval mode and RNG states come back untouched."""
+    """Inference mode for the duration; the caller's train/eval flags (per submodule) and RNG states come back untouched."""
     module = getattr(model, "model", None)
-    was_training = bool(getattr(module, "training", False))
+    modes = [(m, m.training) for m in module.modules()] if isinstance(module, torch.nn.Module) else []
     rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
-        if isinstance(module, torch.nn.Module):
+        if modes:
             module.eval()
         with torch.inference_mode():
             yield
     finally:
-        if isinstance(module, torch.nn.Module) and was_training:
-            module.train()
+        for submodule, training in modes:  # exact flags: a frozen submodule the caller keeps in eval stays so
+            submodule.training = training
         random.setstate(rng[0])
         np.random.set_state(rng[1])
         torch.set_rng_state(rng[2])

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from evalkit.errors import EvalkitError
+from evalkit.runner import SCORING_LABEL
 
 # Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -79,11 +80,13 @@ def add_run_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=os.environ.get("EVALKIT_DATA"), help="folder with task data (default: $EVALKIT_DATA)")
     p.add_argument("--output", type=Path, default=None, help="results folder (default: runs/<model>)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
+    p.add_argument("--report", type=Path, metavar="HTML", help="also write the run's HTML leaderboard to this file")
     p.set_defaults(handler=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from evalkit.api import evaluate
+    from evalkit.distributed import is_main_process
     from evalkit.results import safe_filename
 
     decoding: list = [d for d in args.decoding.split(",") if d.strip()] if args.decoding else []
@@ -92,7 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         decoding.extend(load_decoding_file(args.decoding_file))
     output = args.output or Path("runs") / safe_filename(f"{args.model}-{args.backend}")
-    progress = RichProgress()
+    main = is_main_process()  # under torchrun only rank 0 shows progress and prints
+    progress = RichProgress() if main else None
     try:
         results = evaluate(
             args.model,
@@ -111,10 +115,69 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress=progress,
         )
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
+    if not main:
+        return 0
     console.print(results_table(results))
+    for table in comparison_tables(results):
+        console.print(table)
     console.print(f"results: {output / 'results.json'}  samples: {output / 'samples'}")
+    if args.report is not None:
+        from evalkit.report import build_report
+
+        console.print(f"report: {build_report([output], args.report)}")
     return 0
+
+
+def comparison_tables(results: dict, tasks: Sequence[str] | None = None) -> list[Table]:
+    """The strategy table (quality, diversity, length, speed) of every generation task."""
+    from evalkit.decoding.compare import DIVERSITY_COLUMNS, strategy_rows
+
+    tables = []
+    for task, by_label in results["results"].items():
+        if (tasks and task not in tasks) or SCORING_LABEL in by_label:
+            continue
+        rows = strategy_rows(results, task)
+        table = Table(title=f"decoding strategies on {task} ({results['model']}, {results['n_items'][task]} items; * = Pareto-best quality vs tok/s)")
+        for column in ("strategy", rows[0]["quality_metric"], *DIVERSITY_COLUMNS, "tok/s", "pareto"):
+            table.add_column(column, justify="left" if column == "strategy" else "right")
+        for row in rows:
+            speed = row["tokens_per_s"]
+            table.add_row(
+                row["strategy"],
+                _fmt(row["quality"]),
+                *(_fmt(row[c]) for c in DIVERSITY_COLUMNS),
+                f"{speed:.1f}" if speed else "-",
+                "*" if row["pareto"] else "",
+            )
+        tables.append(table)
+    return tables
+
+
+def add_compare_decoding_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("compare-decoding", help="the strategy comparison table of a finished run")
+    p.add_argument("run_dir", type=Path, help="a folder written by `evalkit run`")
+    p.add_argument("--task", action="append", help="only this task (repeatable)")
+    p.set_defaults(handler=cmd_compare_decoding)
+
+
+def cmd_compare_decoding(args: argparse.Namespace) -> int:
+    import json
+
+    path = args.run_dir / "results.json"
+    if not path.is_file():
+        raise EvalkitError(f"{path} not found: pass a folder written by `evalkit run --output DIR`")
+    tables = comparison_tables(json.loads(path.read_text(encoding="utf-8")), args.task)
+    if not tables:
+        raise EvalkitError(f"{path} has no generation task (of those asked for): run one with --decoding a,b,...")
+    for table in tables:
+        console.print(table)
+    return 0
+
+
+# Diversity metrics of generation cells: the strategy table shows them, the main table leaves them out.
+DIVERSITY_NAMES = {"distinct-1", "distinct-2", "distinct-3", "self-bleu", "group-self-bleu", "rep-4", "length"}
 
 
 def results_table(results: dict) -> Table:
@@ -125,7 +188,7 @@ def results_table(results: dict) -> Table:
         for label, values in by_decoding.items():
             tokens_per_s = results["efficiency"][task][label].get("tokens_per_s")
             for metric, value in values.items():
-                if metric.endswith("_ci"):
+                if metric.endswith("_ci") or metric in DIVERSITY_NAMES:  # shown in the strategy table instead
                     continue
                 ci = values.get(f"{metric}_ci")
                 table.add_row(
@@ -212,7 +275,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-PARSER_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_list_parser, add_report_parser]
+PARSER_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_run_parser, add_list_parser, add_compare_decoding_parser, add_report_parser
+]
 
 
 # ---------------------------------------------------------------- score | meta-eval (metrics without a model)
@@ -330,6 +395,43 @@ def cmd_meta_eval(args: argparse.Namespace) -> int:
 
 
 PARSER_BUILDERS.extend([add_score_parser, add_meta_eval_parser])
+
+
+# ---------------------------------------------------------------- serve
+
+
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)")
+    p.add_argument("--model", required=True, help="registry alias, hub id, folder or .gguf file")
+    p.add_argument("--backend", default="hf", choices=["hf", "native"], help="model adapter (default: hf)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts of one request decoded together")
+    p.add_argument("--served-model-name", default=None, help="the model id clients send (default: --model)")
+    p.add_argument("--api-key-env", default=None, help="require 'Authorization: Bearer $VAR' with the key in this variable")
+    p.set_defaults(handler=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from evalkit.serve import serve
+
+    serve(
+        args.model,
+        backend=args.backend,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        served_name=args.served_model_name,
+        api_key_env=args.api_key_env,
+    )
+    return 0
+
+
+PARSER_BUILDERS.append(add_serve_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

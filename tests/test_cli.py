@@ -6,9 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 
 from evalkit.cli import main
 
@@ -113,7 +111,8 @@ def test_run_demo_writes_results_and_prints_table(tmp_path):
     """The README's main command (with a small limit): a results table, results.json and per-sample files."""
     out = tmp_path / "run"
     proc = run_cli(
-        "run", "--model", "smollm2-135m", "--tasks", "demo", "--limit", "4", "--output", str(out),
+        "run", "--model", "smollm2-135m", "--tasks", "demo", "--limit", "4", "--decoding", "greedy,top-p0.9",
+        "--output", str(out),
         env={"EVALKIT_CACHE": str(tmp_path / "cache")},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -121,7 +120,13 @@ def test_run_demo_writes_results_and_prints_table(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["model"] == "smollm2-135m"
     assert set(results["results"]) == {"demo-lm", "demo-choice", "demo-arith"}
-    assert set(results["results"]["demo-arith"]) == {"greedy"}
+    assert set(results["results"]["demo-arith"]) == {"greedy", "top-p0.9"}
+    assert results["decoding"]["top-p0.9"]["top_p"] == 0.9 and results["decoding"]["top-p0.9"]["temperature"] == 1.0
+    for label in ("greedy", "top-p0.9"):
+        cell = results["results"]["demo-arith"][label]
+        assert 0 <= cell["distinct-1"] <= 1 and cell["length"] >= 1
+        assert results["efficiency"]["demo-arith"][label]["generated_tokens"] > 0
+    assert "decoding strategies on demo-arith" in proc.stdout and "pareto" in proc.stdout
     assert 1 < results["results"]["demo-lm"]["loglikelihood"]["word_perplexity"] < 10_000
     for key in ("versions", "git_hash", "config", "seed", "hardware", "date"):
         assert key in results["meta"]
@@ -130,3 +135,6 @@ def test_run_demo_writes_results_and_prints_table(tmp_path):
     for sample in samples:
         assert sample["prompt"].rstrip().endswith("Answer:")
         assert {"output", "reference", "scores"} <= set(sample)
+
+    again = run_cli("compare-decoding", str(out))
+    assert again.returncode == 0 and "top-p0.9" in again.stdout

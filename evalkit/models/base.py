@@ -8,11 +8,14 @@ and means the same thing on every white-box adapter.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from evalkit.requests import Generate, Loglikelihood, Response, RollingLoglikelihood
+
+if TYPE_CHECKING:
+    from evalkit.decoding.config import DecodingConfig
 
 
 @runtime_checkable
@@ -29,7 +32,7 @@ class LanguageModel(Protocol):
     def loglikelihood_rolling(self, requests: Sequence[RollingLoglikelihood]) -> list[Response]:
         """One response per request with the total ``logprob`` of the text and per-token logprobs."""
 
-    def generate(self, requests: Sequence[Generate], decoding: "DecodingConfig") -> list[Response]:  # noqa: F821
+    def generate(self, requests: Sequence[Generate], decoding: DecodingConfig) -> list[Response]:
         """One response per request, generated under ``decoding``."""
 
 

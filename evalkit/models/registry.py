@@ -140,7 +140,11 @@ def load_model(
 ) -> LanguageModel:
     """Load ``name`` (alias, hub id, folder or .gguf file) behind the adapter ``backend`` (hf, native, openai)."""
     if backend == "openai":
-        raise EvalkitError("backend 'openai' is not available yet; use --backend hf")
+        from evalkit.models.openai import load_openai
+
+        if dtype is not None:
+            raise EvalkitError("--dtype does not apply to --backend openai: the server chooses its precision")
+        return load_openai(name, batch_size=batch_size, **kw)
     if backend not in ("hf", "native"):
         raise EvalkitError(f"unknown backend {backend!r}; use hf, native or openai")
     path = resolve_model_path(name)
