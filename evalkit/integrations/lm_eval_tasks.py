@@ -103,7 +103,7 @@ LOCAL_DATA: dict[str, LocalData] = {
 
 @lru_cache(maxsize=None)
 def task_manager(folder: str | None = None) -> Any:
-    """lm-eval's TaskManager over one folder of its tasks, or over all of them (indexing all takes ~15 s)."""
+    """lm-eval's TaskManager over one folder of its tasks, or over all of them (indexing all takes 15-40 s here)."""
     from lm_eval.tasks import TaskManager
 
     if folder is None:
