@@ -20,27 +20,14 @@ import transformers
 
 import evalkit
 from evalkit.errors import EvalkitError
+from helpers import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO.parent / "shared" / "data"
 HELLASWAG = DATA_DIR / "hellaswag" / "hellaswag_val.rows_0000-1999.jsonl"
 
 # benchmarks/lm_eval_parity.py's task: lm-eval's hellaswag prompt over the local rows.
-HELLASWAG_YAML = """\
-task: parity_hellaswag
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: {data}
-validation_split: validation
-output_type: multiple_choice
-doc_to_text: "{{{{query}}}}"
-doc_to_target: "{{{{label}}}}"
-doc_to_choice: "{{{{endings}}}}"
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
+HELLASWAG_YAML = load_benchmark("lm_eval_parity").HELLASWAG_YAML
 
 # A short generation task over the local GSM8K rows (0-shot, 12 new tokens) for the generate_until path.
 GSM8K_YAML = """\

@@ -7,25 +7,20 @@ which runs the full-size comparison).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 import evalkit
 from evalkit.models.registry import resolve_model_path
 from evalkit.tasks import get_task
+from helpers import load_benchmark
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "lm_eval_parity.py"
 
 
 @pytest.fixture(scope="module")
 def parity():
-    spec = importlib.util.spec_from_file_location("lm_eval_parity", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("lm_eval_parity")
 
 
 def test_hellaswag_acc_equals_lm_eval(parity, smollm2, data_dir, tmp_path):

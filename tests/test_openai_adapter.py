@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from evalkit.models.openai import OpenAIModel, load_openai, parse_model_spec
 from evalkit.models.registry import ALIASES, installed_gguf
 from evalkit.requests import Generate, Loglikelihood
 from evalkit.tasks import resolve_tasks
+from helpers import cached_rows
 
 # Nats per request, Q4_1 kernels vs de-quantised float32 on the same text (see the module docstring); measured
 # on hellaswag items 0-3: mean gap 0.16, largest 0.70 over continuations of 10-25 tokens.
@@ -307,16 +307,6 @@ def test_server_without_echo_logprobs_is_named_in_one_line(llama):
 
 
 # ---------------------------------------------------------------------- a server killed mid-run
-
-
-def cached_rows(cache_file: Path) -> int:
-    if not cache_file.exists():
-        return 0
-    try:
-        with sqlite3.connect(cache_file, timeout=1) as db:
-            return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 def test_killed_server_run_resumes_from_cache_and_key_stays_secret(llama, data_dir, tmp_path):

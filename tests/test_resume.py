@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,18 +13,9 @@ from pathlib import Path
 import pytest
 
 import evalkit
+from helpers import cached_rows
 
 LIMIT = 16  # 16 hellaswag items = 64 loglikelihood requests = two cached chunks, plus 16 generations
-
-
-def cached_rows(cache_file: Path) -> int:
-    if not cache_file.exists():
-        return 0
-    try:
-        with sqlite3.connect(cache_file, timeout=1) as db:
-            return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-    except sqlite3.OperationalError:  # table not created yet
-        return 0
 
 
 def run_args(data_dir: Path, output: Path) -> list[str]:

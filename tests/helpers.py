@@ -1,0 +1,29 @@
+"""Small helpers several test files share (imported as `helpers`: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sqlite3
+from pathlib import Path
+from types import ModuleType
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script of benchmarks/ as a module, so tests reuse its exact task definitions."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cached_rows(cache_file: Path) -> int:
+    """How many responses a (possibly still running) evalkit process has committed to its cache."""
+    if not cache_file.exists():
+        return 0
+    try:
+        with sqlite3.connect(cache_file, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    except sqlite3.OperationalError:  # table not created yet
+        return 0
