@@ -69,7 +69,7 @@ def add_run_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="registry alias (see `evalkit list models`), hub id, folder or .gguf file")
     p.add_argument("--backend", default="hf", choices=["hf", "native", "openai"], help="model adapter (default: hf)")
     p.add_argument("--tasks", required=True, help="comma-separated task names, suites or YAML files (see `evalkit list tasks`)")
-    p.add_argument("--decoding", default="greedy", help="comma-separated strategies, e.g. greedy,beam4,top-p0.9")
+    p.add_argument("--decoding", default=None, help="comma-separated strategies, e.g. greedy,beam4,top-p0.9 (default: greedy)")
     p.add_argument("--decoding-file", type=Path, help="YAML file with a grid of decoding configs (added to --decoding)")
     p.add_argument("--limit", type=_positive_int, help="evaluate only the first N items of each task")
     p.add_argument("--batch-size", type=_positive_int, default=8)
