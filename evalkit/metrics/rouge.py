@@ -82,6 +82,33 @@ class Rouge(MeanMetric):
         )
 
 
+@lru_cache(maxsize=2)
+def _default_tokenizer(use_stemmer: bool):
+    """rouge-score's default tokenizer with its Porter stemmer memoised.
+
+    Stemming is most of ROUGE's cost and the same words recur across a corpus;
+    the memo changes no token (it is the same stemmer, asked once per word) and
+    is kept for the process, so repeated calls from a training loop reuse it.
+    """
+    from nltk.stem import porter
+    from rouge_score import tokenize, tokenizers
+
+    stem = lru_cache(maxsize=None)(porter.PorterStemmer().stem) if use_stemmer else None
+
+    class MemoStemmer:
+        def stem(self, word: str) -> str:
+            return stem(word)
+
+    class DefaultTokenizer(tokenizers.Tokenizer):
+        def __init__(self) -> None:
+            self._stemmer = MemoStemmer() if use_stemmer else None
+
+        def tokenize(self, text: str) -> list[str]:
+            return tokenize.tokenize(text, self._stemmer)
+
+    return DefaultTokenizer()
+
+
 def rouge_item_scores(
     rouge_types: Sequence[str],
     predictions: Sequence[str],
@@ -101,7 +128,7 @@ def rouge_item_scores(
             "(those words score zero); ROUGE is not meaningful for this text",
             stacklevel=3,
         )
-    scorer = rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=use_stemmer)
+    scorer = rouge_scorer.RougeScorer(list(rouge_types), tokenizer=_default_tokenizer(use_stemmer))
     lsum = split and "rougeLsum" in rouge_types
     out = {t: np.empty(len(predictions)) for t in rouge_types}
     for i, (prediction, targets) in enumerate(zip(predictions, refs)):
