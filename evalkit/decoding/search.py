@@ -123,6 +123,14 @@ def _check_fits(backend: Any, prompts: list[list[int]], budgets: list[int]) -> N
             )
 
 
+def _share_time(seconds, rows, since: float) -> float:
+    """Split the time since ``since`` evenly among the rows that shared the step; return now."""
+    now = time.perf_counter()
+    for row in rows:
+        seconds[row] += (now - since) / len(rows)
+    return now
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -201,10 +209,7 @@ def _sample_batch(batch: _Batch) -> list[Response]:
             positions = torch.tensor([len(batch.prompts[row_request[active[i]]]) + step for i in keep], device=device)
             logits = _step(batch, cache, chosen, positions)
             _sync(device)
-        now = time.perf_counter()
-        for row in active:
-            decode_s[row] += (now - tick) / len(active)
-        tick = now
+        tick = _share_time(decode_s, active, tick)
         if not keep:
             break
         active = [active[i] for i in keep]
@@ -355,10 +360,7 @@ def _beam_batch(batch: _Batch) -> list[Response]:
                                      device=device)
             logits = _step(batch, cache, next_tokens, positions)
             _sync(device)
-        now = time.perf_counter()
-        for r in stepping:
-            decode_s[r] += (now - tick) / len(stepping)
-        tick = now
+        tick = _share_time(decode_s, stepping, tick)
         if not len(keep):
             break
 
