@@ -27,3 +27,15 @@ def cached_rows(cache_file: Path) -> int:
             return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
     except sqlite3.OperationalError:  # table not created yet
         return 0
+
+
+class CharTokenizer:
+    """Printable ASCII characters as tokens (0 pad, 1 BOS, 2 EOS, others "?"): every stop string spans tokens."""
+
+    vocab_size = 3 + 95
+
+    def encode(self, text):
+        return [1] + [ord(ch) - 29 if " " <= ch <= "~" else ord("?") - 29 for ch in text]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i + 29) for i in ids if i >= 3)

@@ -13,6 +13,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from evalkit.decoding import DecodingConfig, generate
 from evalkit.errors import EvalkitError
 from evalkit.requests import Generate
+from helpers import CharTokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 EOS = 2
@@ -50,18 +51,6 @@ class HFBackend:
         cache.past.reorder_cache(index)
         cache.mask = cache.mask[index]
         return cache
-
-
-class CharTokenizer:
-    """Printable ASCII characters as tokens (0 pad, 1 BOS, 2 EOS, others "?"): every stop string spans tokens."""
-
-    vocab_size = 3 + 95
-
-    def encode(self, text):
-        return [1] + [ord(ch) - 29 if " " <= ch <= "~" else ord("?") - 29 for ch in text]
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(i + 29) for i in ids if i >= 3)
 
 
 def _prompts(n: int) -> list[str]:

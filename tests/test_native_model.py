@@ -11,11 +11,14 @@ import pytest
 import torch
 import transformers
 
+from evalkit.decoding.config import DecodingConfig
 from evalkit.errors import EvalkitError
 from evalkit.models.native import NativeModel
 from evalkit.models.native.cache import KVCache, bytes_per_token
 from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.weights import build_model
+from evalkit.requests import Generate
+from helpers import CharTokenizer
 
 TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=2, max_position_embeddings=256)
 ROPE_LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -63,16 +66,19 @@ def _left_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, positions
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_logits_match_transformers_batched_mixed_lengths(name):
-    hf = _reference(name)
-    native = NativeModel.from_hf(hf, tokenizer=None, eos_token_ids=[0])
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine: the CUDA path needs a GPU")
+
+
+def _check_logits_match_transformers(name: str, device: str) -> None:
+    """Mixed-length rows, prefill then single-token decode, fp32 on ``device``: logits within 1e-4 of transformers'."""
+    hf = _reference(name).to(device)
+    native = NativeModel.from_hf(hf, tokenizer=None, eos_token_ids=[0], compile=False)
     gen = torch.Generator().manual_seed(1)
     lengths = [3, 90, 41, 17]  # past the Llama 3 / YaRN original context (32 / 64) and the sliding window (8)
-    seqs = [torch.randint(0, TINY["vocab_size"], (n + 4,), generator=gen) for n in lengths]
+    seqs = [torch.randint(0, TINY["vocab_size"], (n + 4,), generator=gen).to(device) for n in lengths]
     tokens, positions = _left_pad([s[:n] for s, n in zip(seqs, lengths)])
     cache = native.new_cache(len(seqs), max(lengths) + 4)
-    prefill = native.forward(tokens, positions, cache)
+    prefill = native.forward(tokens.to(device), positions.to(device), cache)
     steps = []
     for t in range(4):  # single-token decode steps, every row at its own position
         next_tokens = torch.stack([s[n + t] for s, n in zip(seqs, lengths)])[:, None]
@@ -82,6 +88,18 @@ def test_logits_match_transformers_batched_mixed_lengths(name):
             ref = hf(s[None]).logits[0]
             torch.testing.assert_close(prefill[i, -n:], ref[:n], atol=1e-4, rtol=0)
             torch.testing.assert_close(torch.stack([x[i] for x in steps]), ref[n:], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_logits_match_transformers_batched_mixed_lengths(name):
+    _check_logits_match_transformers(name, "cpu")
+
+
+@CUDA
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_cuda_fp32_logits_match_transformers_batched_mixed_lengths(name):
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32: TF32 would cost ~3 decimal digits
+    _check_logits_match_transformers(name, "cuda")
 
 
 def test_reorder_and_reset_rows_keep_the_cache_consistent():
@@ -121,7 +139,7 @@ def test_bf16_cpu_path_runs_close_to_fp32():
     assert (out[valid] - ref[valid]).abs().max() < 0.1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine: the CUDA path needs a GPU")
+@CUDA
 def test_cuda_bf16_compiled_decode_matches_eager():
     hf = _reference("qwen2")
     eager = NativeModel.from_hf(hf, tokenizer=None, eos_token_ids=[0], device="cuda", dtype=torch.bfloat16, compile=False)
@@ -176,11 +194,10 @@ def test_cache_estimate_is_printed_and_a_cache_too_big_is_a_clear_error(capsys):
         KVCache.allocate(config, 10**6, 10**6, torch.float32, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("name", ["qwen2", "mistral-sliding"])
-def test_packed_shared_prefix_scoring_matches_full_forward(name):
+def _check_packed_scoring(name: str, device: str) -> None:
     """Several contexts, each with several continuations, packed into shared rows: every continuation's
     logprobs equal transformers' on context + continuation run alone."""
-    hf = _reference(name)
+    hf = _reference(name).to(device)
     native = NativeModel.from_hf(hf, tokenizer=None, eos_token_ids=[0], pack_tokens=48, token_budget=96)
     gen = torch.Generator().manual_seed(2)
     rand = lambda n: torch.randint(0, TINY["vocab_size"], (n,), generator=gen).tolist()  # noqa: E731
@@ -189,7 +206,55 @@ def test_packed_shared_prefix_scoring_matches_full_forward(name):
     scored = native._score(pairs)
     with torch.no_grad():
         for (ctx, cont), (lps, greedy, _) in zip(pairs, scored):
-            logits = hf(torch.tensor([ctx + cont[:-1]])).logits[0, len(ctx) - 1:]
+            logits = hf(torch.tensor([ctx + cont[:-1]], device=device)).logits[0, len(ctx) - 1:].cpu()
             ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(cont)[:, None])[:, 0]
             torch.testing.assert_close(torch.tensor(lps), ref, atol=1e-4, rtol=0)
             assert greedy == bool((logits.argmax(-1) == torch.tensor(cont)).all())
+
+
+@pytest.mark.parametrize("name", ["qwen2", "mistral-sliding"])
+def test_packed_shared_prefix_scoring_matches_full_forward(name):
+    _check_packed_scoring(name, "cpu")
+
+
+@CUDA
+@pytest.mark.parametrize("name", ["qwen2", "mistral-sliding"])
+def test_cuda_packed_shared_prefix_scoring_matches_full_forward(name):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    _check_packed_scoring(name, "cuda")
+
+
+def _check_graph_greedy_generation(device: str) -> None:
+    """Continuous batching through the captured (static, compiled) decode step: 7 requests of different
+    lengths and budgets through 3 cache rows. Every generated token is transformers' argmax on the same
+    sequence (within float ties), and a second call reuses the kept cache and compiles nothing new."""
+    from torch._dynamo.utils import counters
+
+    hf = _reference("qwen2").to(device)
+    native = NativeModel.from_hf(hf, CharTokenizer(), eos_token_ids=[2], batch_size=3, compile=True)
+    assert native.static_decode
+    prompts = ["a", "The quick brown fox", "jumps over", "the lazy dog, twice over", "z", "0123456789", "!?"]
+    requests = [Generate(p, max_new_tokens=n) for p, n in zip(prompts, (5, 17, 9, 12, 3, 20, 8))]
+    first = native.generate(requests, DecodingConfig())
+    cache, graphs = native._static_cache, counters["stats"]["unique_graphs"]
+    again = native.generate(requests, DecodingConfig())
+    assert native._static_cache is cache and counters["stats"]["unique_graphs"] == graphs
+    assert [r.token_ids for r in again] == [r.token_ids for r in first]
+    with torch.no_grad():
+        for request, response in zip(requests, first):
+            prompt = CharTokenizer().encode(request.prompt)
+            assert response.finish_reason in ("eos", "length") and 0 < len(response.token_ids) <= request.max_new_tokens
+            logits = hf(torch.tensor([prompt + response.token_ids], device=device)).logits[0, len(prompt) - 1 : -1]
+            chosen = logits.gather(1, torch.tensor(response.token_ids, device=device)[:, None])[:, 0]
+            assert (chosen >= logits.max(-1).values - 1e-4).all()
+
+
+def test_graph_greedy_generation_follows_transformers_on_cpu():
+    """The CUDA-graph decode path's logic (whole-cache reads, kept cache, compiled step) checked on CPU."""
+    _check_graph_greedy_generation("cpu")
+
+
+@CUDA
+def test_cuda_graph_greedy_generation_follows_transformers():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    _check_graph_greedy_generation("cuda")

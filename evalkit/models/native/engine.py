@@ -33,7 +33,7 @@ from evalkit.decoding.config import DecodingConfig
 from evalkit.errors import EvalkitError
 from evalkit.models.native.cache import KVCache, bytes_per_token
 from evalkit.models.native.config import NativeConfig
-from evalkit.models.native.model import Transformer
+from evalkit.models.native.model import Transformer, can_pack_linears
 from evalkit.models.native.tokens import encode_pair, prefix_token_id, rolling_windows, tok_encode, truncate_pair
 from evalkit.models.native.weights import build_model
 from evalkit.requests import Generate, Loglikelihood, Response, RollingLoglikelihood, Timing
@@ -65,6 +65,24 @@ class _Segment:
             branches += [branch] * (len(cont) - 1)
             predictors.append([len(context) - 1, *range(start, start + len(cont) - 1)])
         return cls(tokens, positions, branches, predictors, continuations, members)
+
+    @classmethod
+    def split(
+        cls, context: list[int], continuations: list[list[int]], members: list[int], limit: int
+    ) -> list["_Segment"]:
+        """One context's continuations as segments of at most ``limit`` tokens (the model's context length;
+        or the context and one continuation, where that alone is longer). Attention inside a segment is
+        quadratic in its length, so a context shared by many long continuations (the one-token context of
+        every document's first perplexity window) must not become one giant row."""
+        out, taken, size = [], [], len(context)
+        for member, cont in zip(members, continuations):
+            if taken and size + len(cont) - 1 > limit:
+                out.append(cls.build(context, [c for _, c in taken], [m for m, _ in taken]))
+                taken, size = [], len(context)
+            taken.append((member, cont))
+            size += len(cont) - 1
+        out.append(cls.build(context, [c for _, c in taken], [m for m, _ in taken]))
+        return out
 
 
 @dataclass
@@ -101,7 +119,7 @@ class NativeModel:
         max_length: int | None = None,
         eos_token_ids: Sequence[int] | None = None,
         stride: int | None = None,
-        token_budget: int = 4096,
+        token_budget: int | None = None,
         pack_tokens: int = 256,
         compile: bool | None = None,
     ) -> None:
@@ -118,13 +136,17 @@ class NativeModel:
             eos_token_ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
         self.eos_token_ids = tuple(dict.fromkeys(int(t) for t in eos_token_ids))
         self.stride = stride
-        self.token_budget = token_budget  # tokens per forward call in prefill and scoring (bounds activations)
+        # Tokens per forward call in prefill and scoring: bounds activations. A GPU needs bigger calls to be busy.
+        self.token_budget = token_budget or (4096 if self.device.type == "cpu" else 16384)
         self.pack_tokens = pack_tokens  # row length that short scoring segments are packed into
         self._announced = 0
         # CUDA: the decode step reads the whole cache (static shapes) under torch.compile "reduce-overhead",
         # which captures it as a CUDA graph. On CPU the eager step reads only the used slots.
         self.static_decode = self.device.type == "cuda" if compile is None else compile
+        if not self.static_decode and can_pack_linears(model, self.device, self.dtype):
+            model.pack_linears()
         self._decode = self._compiled_decode() if self.static_decode else None
+        self._static_cache: KVCache | None = None
 
     # ---------------------------------------------------------------- construction
 
@@ -157,8 +179,28 @@ class NativeModel:
         cache = KVCache.allocate(self.config, batch, max_len, self.dtype, self.device, announce)
         if self.static_decode:
             for t in (cache.k, cache.v, cache.pos, cache.lengths):
-                torch._dynamo.mark_static_address(t)
+                torch._dynamo.mark_static_address(t, guard=False)  # a new cache re-records the graph, no recompile
         return cache
+
+    def _generation_cache(self, rows: int, need: int) -> KVCache:
+        """The cache greedy generation runs in.
+
+        Eager decoding gets a cache sized to the requests. A captured decode
+        step (CUDA graph) reads the whole cache, so its length is rounded up to
+        a power of two and the cache is kept and reused by the next call of
+        the same shape: every call after the first replays the graph instead
+        of recording (or compiling) a new one.
+        """
+        if not self.static_decode:
+            return self.new_cache(rows, need)
+        length = max(256, 1 << (need - 1).bit_length())
+        cache = self._static_cache
+        if cache is not None and cache.batch == rows and cache.max_len == length:
+            cache.reset_rows(torch.arange(rows, device=self.device))
+            return cache
+        self._static_cache = None  # release the old one before allocating its successor
+        self._static_cache = self.new_cache(rows, length)
+        return self._static_cache
 
     @torch.inference_mode()
     def forward(
@@ -215,7 +257,11 @@ class NativeModel:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, (ctx, _) in enumerate(pairs):
             groups.setdefault(tuple(ctx), []).append(i)
-        segments = [_Segment.build(list(ctx), [pairs[i][1] for i in members], members) for ctx, members in groups.items()]
+        segments = [
+            segment
+            for ctx, members in groups.items()
+            for segment in _Segment.split(list(ctx), [pairs[i][1] for i in members], members, self.max_length)
+        ]
         segments.sort(key=lambda seg: -len(seg.tokens))
         rows: list[list[_Segment]] = []  # first-fit decreasing
         room: list[int] = []
@@ -316,7 +362,7 @@ class NativeModel:
                 )
         queue = deque(sorted(range(len(requests)), key=lambda i: -len(prompts[i])))
         n_rows = min(self.batch_size, len(requests))
-        cache = self.new_cache(n_rows, max(len(p) + n for p, n in zip(prompts, budgets)))
+        cache = self._generation_cache(n_rows, max(len(p) + n for p, n in zip(prompts, budgets)))
         slots: list[_Slot | None] = [None] * n_rows
         out: list[Response | None] = [None] * len(requests)
         last_token = torch.zeros(n_rows, dtype=torch.long, device=self.device)
@@ -330,12 +376,12 @@ class NativeModel:
                 cache.reset_rows(rows)
                 tokens, positions = _left_pad([prompts[i] for _, i in admitted], self.device)
                 logits = self.model.logits(self._prefill(tokens, positions, cache, rows)).float()
-                picks = self._pick(logits, [0] * len(admitted), decoding, eos)
+                picked, picks = self._pick(logits, [0] * len(admitted), decoding, eos)
+                last_token[rows] = picked
                 prefill_s = (time.perf_counter() - t0) / len(admitted)
                 for (row, i), (token, lp) in zip(admitted, picks):
                     stop = tuple(requests[i].stop) + tuple(decoding.stop)
                     slots[row] = _Slot(i, budgets[i], stop, len(prompts[i]), decoding.ignore_eos, prefill_s=prefill_s)
-                    last_token[row] = token
                     self._advance(slots, row, token, lp, out)
                 continue  # admit more before decoding if rows finished at once
             if not queue and not all(slots) and not self.static_decode:
@@ -354,19 +400,19 @@ class NativeModel:
                 hidden = self.model(last_token[:, None], positions, cache)
             logits = self.model.logits(hidden[:, -1]).float()
             generated = [len(s.tokens) if s else 0 for s in slots]
-            picks = self._pick(logits, generated, decoding, eos)
+            last_token, picks = self._pick(logits, generated, decoding, eos)  # finished rows' picks go unused
             share = (time.perf_counter() - t0) / sum(s is not None for s in slots)  # split as the shared loop does
             for row, (token, lp) in enumerate(picks):
                 if slots[row] is not None:
                     slots[row].decode_s += share
-                    last_token[row] = token
                     self._advance(slots, row, token, lp, out)
         return out  # type: ignore[return-value]
 
     def _pick(
         self, logits: torch.Tensor, generated: list[int], decoding: DecodingConfig, eos: torch.Tensor
-    ) -> list[tuple[int, float]]:
-        """Greedy token and its logprob per row; EOS is barred until ``min_new_tokens`` (as HF does)."""
+    ) -> tuple[torch.Tensor, list[tuple[int, float]]]:
+        """Greedy token per row (on the device, for the next step) and (token, logprob) per row (on the host,
+        one transfer); EOS is barred until ``min_new_tokens`` (as HF does)."""
         logprobs = torch.log_softmax(logits, dim=-1)
         scores = logprobs
         if decoding.min_new_tokens and not decoding.ignore_eos and len(eos):
@@ -374,7 +420,8 @@ class NativeModel:
             scores = logprobs.clone()
             scores[early[:, None] & torch.isin(torch.arange(logits.shape[1], device=logits.device), eos)] = -float("inf")
         tokens = scores.argmax(-1)
-        return list(zip(tokens.tolist(), logprobs.gather(1, tokens[:, None])[:, 0].tolist()))
+        host = torch.stack([tokens.double(), logprobs.gather(1, tokens[:, None])[:, 0].double()]).tolist()
+        return tokens, [(int(t), lp) for t, lp in zip(*host)]
 
     def _advance(self, slots: list[_Slot | None], row: int, token: int, logprob: float, out: list) -> None:
         """Append ``token`` to the request in ``row``; on EOS, a stop string or the budget, free the row."""
@@ -406,12 +453,17 @@ class NativeModel:
         slots[row] = None
 
     def _compiled_decode(self):
+        """The decode step under torch.compile "reduce-overhead" (a CUDA graph on CUDA).
+
+        Static shapes (``dynamic=False``): each (rows, cache length) pair gets
+        its own specialised graph, and ``_generation_cache`` keeps the pairs few.
+        """
         model = self.model
 
         def step(tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
             return model(tokens, positions, cache, static=True)
 
-        return torch.compile(step, mode="reduce-overhead", fullgraph=False)
+        return torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
 
 
 def _plain_greedy(d: DecodingConfig) -> bool:
