@@ -7,8 +7,8 @@ after one warm-up), plus the memory-bandwidth bound for batch-1 decode
   1. batch-1 greedy decode tokens/s vs transformers ``generate``;
   2. an evaluation-shaped workload: gsm8k prompts, 128 new tokens, stop at EOS
      or "Question:", batch 16, vs ``generate`` with the same batch size;
-  3. hellaswag loglikelihood items/s vs evalkit's HF adapter;
-  4. wikitext rolling loglikelihood tokens/s vs evalkit's HF adapter.
+  3. hellaswag loglikelihood items/s vs evalkit's HF adapter, and both engines' acc / acc_norm;
+  4. wikitext rolling loglikelihood tokens/s vs evalkit's HF adapter, and both engines' word perplexity.
 
     python benchmarks/native_vs_hf.py                      # SmolLM2-135M fp32 on CPU
     python benchmarks/native_vs_hf.py --device cuda --dtype bfloat16 --runs 5
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import statistics
 import time
@@ -32,8 +33,9 @@ from evalkit.models.gguf_cache import convert_gguf
 from evalkit.models.hf import HFModel
 from evalkit.models.native import NativeModel
 from evalkit.requests import Generate, Loglikelihood, RollingLoglikelihood
+from evalkit.tasks.task import choice_predictions
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # --data-dir overrides
 
 
 def smollm2_folder() -> Path:
@@ -65,9 +67,21 @@ def read_bandwidth(device: torch.device) -> float:
     return x.numel() * 4 / timed(lambda: x.sum().item(), 5, device)
 
 
-def gsm8k_prompts(n: int) -> list[str]:
-    with open(DATA / "gsm8k" / "test.jsonl") as f:
+def gsm8k_prompts(data: Path, n: int) -> list[str]:
+    with open(data / "gsm8k" / "test.jsonl") as f:
         return [f"Question: {json.loads(next(f))['question']}\nAnswer:" for _ in range(n)]
+
+
+def choice_accuracy(items: list[dict], logprobs: list[float]) -> tuple[float, float]:
+    """acc and acc_norm over the items, by the rule evalkit's multiple-choice tasks score with."""
+    acc = acc_norm = offset = 0
+    for item in items:
+        n = len(item["endings"])
+        pred, pred_norm = choice_predictions(logprobs[offset : offset + n], item["endings"])
+        acc += pred == item["label"]
+        acc_norm += pred_norm == item["label"]
+        offset += n
+    return acc / len(items), acc_norm / len(items)
 
 
 def hf_generate(model, tok, prompts: list[str], new: int, batch: int, stop: list[str] | None, force: bool) -> int:
@@ -96,11 +110,21 @@ def main() -> None:
     parser.add_argument("--wikitext-chars", type=int, default=12000)
     parser.add_argument("--max-length", type=int, default=1024, help="rolling window length for wikitext")
     parser.add_argument("--only", default="decode,eval,hellaswag,wikitext")
+    parser.add_argument("--data-dir", type=Path, default=DATA, help="the shared data folder")
+    parser.add_argument("--random-init", action="store_true",
+                        help="random weights with --model's config and tokenizer (where the checkpoint cannot travel; "
+                             "speed is the same, but generations never stop early)")
     args = parser.parse_args()
+    data = args.data_dir
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     folder = Path(args.model) if args.model else smollm2_folder()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    if args.random_init:
+        torch.manual_seed(0)
+        config = transformers.AutoConfig.from_pretrained(folder)
+        hf = transformers.AutoModelForCausalLM.from_config(config).to(device=device, dtype=dtype).eval()
+    else:
+        hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     native = NativeModel.from_hf(hf, tok, batch_size=16)
     adapter = HFModel(hf, tok, batch_size=16)
@@ -113,7 +137,7 @@ def main() -> None:
               f"ratio {t_hf / t_native:.2f}x", flush=True)
 
     if "decode" in only:
-        prompt = gsm8k_prompts(1)
+        prompt = gsm8k_prompts(data, 1)
         n = args.decode_tokens
         config = DecodingConfig(max_new_tokens=n, ignore_eos=True)
         t_native = timed(lambda: native.generate([Generate(prompt[0], max_new_tokens=n)], config), args.runs, device)
@@ -128,7 +152,7 @@ def main() -> None:
                      f"native at {n / t_native / bound:.0%}"))
 
     if "eval" in only:
-        prompts = gsm8k_prompts(args.gsm8k)
+        prompts = gsm8k_prompts(data, args.gsm8k)
         requests = [Generate(p, stop=("Question:",), max_new_tokens=128) for p in prompts]
         produced = {}
 
@@ -140,24 +164,34 @@ def main() -> None:
         report(f"eval-shaped generation ({args.gsm8k} gsm8k, batch 16)", "tokens/s", produced["native"], t_native, t_hf)
 
     if "hellaswag" in only:
-        with open(DATA / "hellaswag" / "hellaswag_val.rows_0000-1999.jsonl") as f:
+        with open(data / "hellaswag" / "hellaswag_val.rows_0000-1999.jsonl") as f:
             items = [json.loads(next(f)) for _ in range(args.hellaswag)]
         requests = [Loglikelihood(it["query"], " " + e) for it in items for e in it["endings"]]
-        t_native = timed(lambda: native.loglikelihood(requests), args.runs, device)
-        t_hf = timed(lambda: adapter.loglikelihood(requests), args.runs, device)
+        scored = {}
+        t_native = timed(lambda: scored.update(native=native.loglikelihood(requests)), args.runs, device)
+        t_hf = timed(lambda: scored.update(hf=adapter.loglikelihood(requests)), args.runs, device)
         report(f"hellaswag loglikelihood ({args.hellaswag} items)", "items/s", len(items), t_native, t_hf)
+        for name, responses in scored.items():
+            acc, acc_norm = choice_accuracy(items, [r.logprob for r in responses])
+            print(f"  {name}: acc {acc:.4f}, acc_norm {acc_norm:.4f}", flush=True)
 
     if "wikitext" in only:
-        text = (DATA / "wikitext2_raw" / "wiki.test.raw.txt").read_text()[: args.wikitext_chars]
+        text = (data / "wikitext2_raw" / "wiki.test.raw.txt").read_text()[: args.wikitext_chars]
         docs = [RollingLoglikelihood(d) for d in text.split("\n = ") if d.strip()]
         native.max_length = adapter.max_length = args.max_length
         n_tokens = sum(len(tok.encode(d.text)) for d in docs)
-        t_native = timed(lambda: native.loglikelihood_rolling(docs), args.runs, device)
-        t_hf = timed(lambda: adapter.loglikelihood_rolling(docs), args.runs, device)
+        scored = {}
+        t_native = timed(lambda: scored.update(native=native.loglikelihood_rolling(docs)), args.runs, device)
+        t_hf = timed(lambda: scored.update(hf=adapter.loglikelihood_rolling(docs)), args.runs, device)
         report(f"wikitext rolling loglikelihood (window {args.max_length})", "tokens/s", n_tokens, t_native, t_hf)
+        words = sum(len(d.text.split()) for d in docs)
+        for name, responses in scored.items():
+            print(f"  {name}: word perplexity {math.exp(-sum(r.logprob for r in responses) / words):.4f} "
+                  f"({len(docs)} documents, {words} words)", flush=True)
 
-    print(f"\n{torch.__version__=} {transformers.__version__=} device={device} dtype={args.dtype} "
-          f"threads={args.threads} runs={args.runs}")
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    print(f"\n{torch.__version__=} {transformers.__version__=} device={device}{gpu} dtype={args.dtype} "
+          f"threads={args.threads} runs={args.runs} weights={'random' if args.random_init else 'checkpoint'}")
     print("| workload | native | transformers | unit | native / transformers |")
     print("| --- | --- | --- | --- | --- |")
     for row in rows:

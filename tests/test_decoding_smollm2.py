@@ -1,5 +1,7 @@
 """Integration: evalkit's search loops on the real SmolLM2-135M and 50 real prompts are token-identical
-to transformers' ``generate`` (greedy, and beam search with the settings the decoding issue names).
+to transformers' ``generate`` (greedy, and beam search with the settings the decoding issue names), and
+the native engine's outputs are token-identical to the transformers adapter's on the same prompts (its
+continuous-batching greedy path, and beam search through the shared loop on its own KV cache).
 
 Kept cheap for two CPU cores: 16 new tokens, batches of 8; greedy runs on all 50 prompts, and the
 four beam settings split the same 50 prompts between them, so beam search too is checked on all 50
@@ -52,6 +54,18 @@ def _reference(model, prompts: list[str], config: DecodingConfig) -> list[list[i
     return out
 
 
+@pytest.fixture(scope="module")
+def native(smollm2_gguf):
+    from evalkit.models.native import load_native
+
+    return load_native(str(smollm2_gguf), batch_size=BATCH)
+
+
+def _native(native, ordered: list[str], config: DecodingConfig) -> list[list[int]]:
+    responses = native.generate([Generate(p, max_new_tokens=MAX_NEW) for p in ordered], config)
+    return [r.token_ids for resp in responses for r in [resp, *resp.alternatives]]
+
+
 def _ours(model, prompts: list[str], config: DecodingConfig) -> tuple[list[list[int]], list[str]]:
     """Our sequences (alternatives inline) and the prompts in the order they were batched."""
     # Sorted longest first, as generate() batches them, so both sides see the same batches.
@@ -69,19 +83,21 @@ BEAMS = [
 ]
 
 
-def test_greedy_matches_transformers_on_50_real_prompts(smollm2, prompts):
+def test_greedy_matches_transformers_on_50_real_prompts(smollm2, native, prompts):
     assert len(prompts) == 50
     ours, ordered = _ours(smollm2, prompts, DecodingConfig())
     assert ours == _reference(smollm2, ordered, DecodingConfig())
     assert any(len(seq) < MAX_NEW for seq in ours), "some prompts should end with EOS"
+    assert _native(native, ordered, DecodingConfig()) == ours
 
 
 @pytest.mark.parametrize("index", range(len(BEAMS)), ids=[c.label for c in BEAMS])
-def test_beam_search_matches_transformers_on_real_prompts(smollm2, prompts, index):
+def test_beam_search_matches_transformers_on_real_prompts(smollm2, native, prompts, index):
     config = BEAMS[index]
     share = prompts[index :: len(BEAMS)]  # the four settings cover the 50 prompts between them
     ours, ordered = _ours(smollm2, share, config)
     assert ours == _reference(smollm2, ordered, config)
+    assert _native(native, ordered, config) == ours
 
 
 def test_stop_string_spanning_tokens_on_the_real_tokenizer(smollm2, prompts):

@@ -22,6 +22,15 @@ from evalkit.tasks.spec import TaskSpec
 from evalkit.tasks.templates import evaluate, render
 
 
+def choice_predictions(loglikelihoods: list[float], choices: list[str]) -> tuple[int, int]:
+    """The index of the most likely choice (``acc``) and of the most likely per character (``acc_norm``).
+
+    As lm-eval: the character count is the choice's own, without the delimiter before it.
+    """
+    lls = np.array(loglikelihoods, dtype=np.float64)
+    return int(np.argmax(lls)), int(np.argmax(lls / np.array([float(len(c)) for c in choices])))
+
+
 @dataclass
 class Instance:
     """One scored item.
@@ -173,13 +182,11 @@ class Task:
             preds: dict[str, list[Any]] = {"acc": [], "acc_norm": []}
             for inst, resp in zip(instances, responses):
                 choices = self.choices(inst.doc, inst.doc_id)
-                lls = np.array([r.logprob for r in resp], dtype=np.float64)
-                # lm-eval: acc_norm divides by the character length of the choice (without the delimiter)
-                pred = int(np.argmax(lls))
-                pred_norm = int(np.argmax(lls / np.array([float(len(c)) for c in choices])))
+                lls = [r.logprob for r in resp]
+                pred, pred_norm = choice_predictions(lls, choices)
                 preds["acc"].append(pred)
                 preds["acc_norm"].append(pred_norm)
-                samples.append(self._sample(inst, choices[pred], loglikelihoods=lls.tolist(), pred=pred, pred_norm=pred_norm))
+                samples.append(self._sample(inst, choices[pred], loglikelihoods=[float(x) for x in lls], pred=pred, pred_norm=pred_norm))
             return {n: preds[n] for n in names}, references, samples
         if self.output_type == "loglikelihood_rolling":
             pairs = []
