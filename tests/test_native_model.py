@@ -69,6 +69,12 @@ def _left_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine: the CUDA path needs a GPU")
 
 
+@pytest.fixture
+def fp32_cuda(monkeypatch):
+    """fp32 means fp32 on CUDA: TF32 matmuls would cost ~3 decimal digits (restored after the test)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
 def _check_logits_match_transformers(name: str, device: str) -> None:
     """Mixed-length rows, prefill then single-token decode, fp32 on ``device``: logits within 1e-4 of transformers'."""
     hf = _reference(name).to(device)
@@ -97,8 +103,7 @@ def test_logits_match_transformers_batched_mixed_lengths(name):
 
 @CUDA
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_cuda_fp32_logits_match_transformers_batched_mixed_lengths(name):
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32: TF32 would cost ~3 decimal digits
+def test_cuda_fp32_logits_match_transformers_batched_mixed_lengths(name, fp32_cuda):
     _check_logits_match_transformers(name, "cuda")
 
 
@@ -219,8 +224,7 @@ def test_packed_shared_prefix_scoring_matches_full_forward(name):
 
 @CUDA
 @pytest.mark.parametrize("name", ["qwen2", "mistral-sliding"])
-def test_cuda_packed_shared_prefix_scoring_matches_full_forward(name):
-    torch.backends.cuda.matmul.allow_tf32 = False
+def test_cuda_packed_shared_prefix_scoring_matches_full_forward(name, fp32_cuda):
     _check_packed_scoring(name, "cuda")
 
 
@@ -255,6 +259,5 @@ def test_graph_greedy_generation_follows_transformers_on_cpu():
 
 
 @CUDA
-def test_cuda_graph_greedy_generation_follows_transformers():
-    torch.backends.cuda.matmul.allow_tf32 = False
+def test_cuda_graph_greedy_generation_follows_transformers(fp32_cuda):
     _check_graph_greedy_generation("cuda")
