@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--gsm8k", type=int, default=64)
-    parser.add_argument("--hellaswag", type=int, default=40, help="items (4 requests each)")
+    parser.add_argument("--hellaswag", type=int, default=200, help="items (4 requests each)")
     parser.add_argument("--wikitext-chars", type=int, default=12000)
     parser.add_argument("--max-length", type=int, default=1024, help="rolling window length for wikitext")
     parser.add_argument("--only", default="decode,eval,hellaswag,wikitext")

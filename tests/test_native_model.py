@@ -16,6 +16,7 @@ from evalkit.errors import EvalkitError
 from evalkit.models.native import NativeModel
 from evalkit.models.native.cache import KVCache, bytes_per_token
 from evalkit.models.native.config import NativeConfig
+from evalkit.models.native.engine import _Segment
 from evalkit.models.native.weights import build_model
 from evalkit.requests import Generate
 from helpers import CharTokenizer
@@ -199,15 +200,37 @@ def test_cache_estimate_is_printed_and_a_cache_too_big_is_a_clear_error(capsys):
         KVCache.allocate(config, 10**6, 10**6, torch.float32, torch.device("cpu"))
 
 
-def _check_packed_scoring(name: str, device: str) -> None:
-    """Several contexts, each with several continuations, packed into shared rows: every continuation's
-    logprobs equal transformers' on context + continuation run alone."""
-    hf = _reference(name).to(device)
-    native = NativeModel.from_hf(hf, tokenizer=None, eos_token_ids=[0], pack_tokens=48, token_budget=96)
+def _shared_prefix_pairs() -> list[tuple[list[int], list[int]]]:
+    """Scoring pairs that share prefixes in every way a prefix tree must handle: one context with several
+    continuations, continuations sharing their first tokens, a context extending another pair's context,
+    inputs that are identical but for the scored last token, and a pair sharing nothing."""
     gen = torch.Generator().manual_seed(2)
     rand = lambda n: torch.randint(0, TINY["vocab_size"], (n,), generator=gen).tolist()  # noqa: E731
     contexts = [rand(n) for n in (20, 5, 11)]
     pairs = [(ctx, rand(k)) for ctx in contexts for k in (1, 4, 9)] + [(rand(30), rand(6))]
+    ending = rand(7)
+    pairs += [(contexts[0], ending), (contexts[0], ending[:3] + rand(4)), (contexts[0], ending[:-1] + rand(1))]
+    pairs += [(contexts[0] + ending[:2], rand(5)), (contexts[1] + rand(3), rand(2))]
+    pairs += [([5], rand(20)), ([5], rand(24))]  # a one-token context before long continuations (perplexity windows)
+    return pairs
+
+
+def test_prefix_trees_compute_each_shared_prefix_once():
+    pairs = _shared_prefix_pairs()
+    prefixes = {tuple((ctx + cont[:-1])[:k]) for ctx, cont in pairs for k in range(1, len(ctx) + len(cont))}
+    trees = _Segment.grow(pairs, pack_tokens=10**6)
+    assert sum(len(tree.tokens) for tree in trees) == len(prefixes)
+    assert sorted(m for tree in trees for m, _ in tree.members) == list(range(len(pairs)))
+    small = _Segment.grow(pairs, pack_tokens=16)  # the windows' tree outgrows its room: it splits, repeating [5]
+    assert len(small) > len(trees) and sum(len(tree.tokens) for tree in small) > len(prefixes)
+
+
+def _check_packed_scoring(name: str, device: str) -> None:
+    """Prefix trees packed into shared rows: every continuation's logprobs equal transformers' on
+    context + continuation run alone."""
+    hf = _reference(name).to(device)
+    native = NativeModel.from_hf(hf, tokenizer=None, eos_token_ids=[0], pack_tokens=48, token_budget=96)
+    pairs = _shared_prefix_pairs()
     scored = native._score(pairs)
     with torch.no_grad():
         for (ctx, cont), (lps, greedy, _) in zip(pairs, scored):

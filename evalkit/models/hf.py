@@ -22,18 +22,15 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from evalkit.errors import EvalkitError
+from evalkit.models.logprobs import target_logprobs
 from evalkit.requests import Generate, Loglikelihood, Response, RollingLoglikelihood, Timing
 
 # lm-evaluation-harness's fallbacks when neither config nor tokenizer states a context length.
 _DEFAULT_MAX_LENGTH = 2048
 _TOKENIZER_INFINITY = 1000000000000000019884624838656
-# Rows of hidden states projected to the vocabulary at once: bounds the logits buffer
-# (1024 x 49k x 4 bytes = 200 MB) however long the rolling windows are.
-_PROJECTION_ROWS = 1024
 
 TokenPair = tuple[list[int], list[int]]
 
@@ -255,7 +252,7 @@ class HFModel:
         cols = torch.cat([torch.arange(len(x) - len(c), len(x)) for x, (_, c) in zip(inputs, pairs)])
         targets = torch.tensor([t for _, c in pairs for t in c], device=self.device)
         selected = hidden[rows.to(self.device), cols.to(self.device)]  # [continuation tokens, hidden]
-        token_logprobs, greedy = _gather_logprobs(self.project, selected, targets)
+        token_logprobs, greedy = target_logprobs(self.project, selected, targets)
         return token_logprobs, greedy, [len(x) for x in inputs]
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -341,7 +338,7 @@ class HFSeq2SeqModel(HFModel):
         rows = torch.cat([torch.full((len(c),), r) for r, (_, c) in enumerate(pairs)]).to(self.device)
         cols = torch.cat([torch.arange(len(c)) for _, c in pairs]).to(self.device)
         targets = torch.tensor([t for _, c in pairs for t in c], device=self.device)
-        token_logprobs, greedy = _gather_logprobs(lambda rows_: rows_, logits[rows, cols], targets)
+        token_logprobs, greedy = target_logprobs(lambda rows_: rows_, logits[rows, cols], targets)
         return token_logprobs, greedy, [len(c) for c in contexts]
 
     def new_cache(self, batch: int, max_len: int) -> Seq2SeqCache:
@@ -414,16 +411,6 @@ class HFSeq2SeqModel(HFModel):
             ids[r, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             mask[r, : len(tokens)] = 1
         return ids.to(self.device), mask.to(self.device)
-
-
-def _gather_logprobs(project, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Target log-probabilities (fp32 log-softmax) and argmax hits, projecting a bounded number of rows at a time."""
-    logprobs, hits = [], []
-    for h, t in zip(hidden.split(_PROJECTION_ROWS), targets.split(_PROJECTION_ROWS)):
-        lp = F.log_softmax(project(h).float(), dim=-1)
-        logprobs.append(lp.gather(1, t[:, None]).squeeze(1))
-        hits.append(lp.argmax(dim=-1) == t)
-    return torch.cat(logprobs).cpu(), torch.cat(hits).cpu()
 
 
 def _eos_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:

@@ -8,12 +8,14 @@ Where an evaluation spends its time, and what the engine does about it:
   short ones hostage. Every other strategy (sampling, penalties, beams) goes
   through the shared decoding loop over the Backend methods, so it is the
   same algorithm as on every other white-box adapter;
-* loglikelihood encodes each distinct context once and scores every
-  continuation against it (a 4-way multiple-choice item costs one context,
-  not four). Rather than copying a context's KV cache once per continuation,
-  the context and its continuations go into one packed row with a tree mask
-  (each continuation sees the context and itself): the same computation
-  without the copies, and short items share rows instead of padding;
+* loglikelihood computes every shared token prefix once: a 4-way
+  multiple-choice item costs one context, not four, and items sharing a
+  few-shot prompt or a label, or endings sharing their first words, share
+  those tokens too. Rather than copying a context's KV cache once per
+  continuation, the requests become prefix trees packed into rows with an
+  ancestor mask (each token sees the tokens on its path from the root): the
+  same computation without the copies, and short items share rows instead of
+  padding. Each position that predicts a target is projected once;
 * rolling loglikelihood scores lm-eval's disjoint (or strided) windows;
 * logits are computed only where they are used (the last prompt position for
   generation, the continuation positions for scoring), a chunk of rows at a
@@ -31,6 +33,7 @@ import torch
 
 from evalkit.decoding.config import DecodingConfig
 from evalkit.errors import EvalkitError
+from evalkit.models.logprobs import target_logprobs
 from evalkit.models.native.cache import KVCache, bytes_per_token
 from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.model import Transformer, can_pack_linears
@@ -38,51 +41,89 @@ from evalkit.models.native.tokens import encode_pair, prefix_token_id, rolling_w
 from evalkit.models.native.weights import build_model
 from evalkit.requests import Generate, Loglikelihood, Response, RollingLoglikelihood, Timing
 
-_LOGIT_ROWS = 1024  # positions per lm_head call when scoring: bounds the [rows x vocab] temporary
+# Where the shared part outweighs the new part, a prefix tree grows to this many tokens. Sharing a 600-token
+# few-shot prompt among 18 items beats computing it 18 times even though attention over 2048 columns costs a
+# 135M model about 70% on top of its per-token matmuls; much wider, attention eats the saving.
+_SHARED_TREE_TOKENS = 2048
 
 
 @dataclass
 class _Segment:
-    """One context and its continuations, flattened: the context (branch 0), then each continuation but
-    its last token as branch 1, 2, ...; ``predictors[j]`` lists the columns whose hidden states predict
-    continuation j's tokens (the context's last column predicts every continuation's first token)."""
+    """Scoring requests that share a token prefix, as one prefix tree laid out depth first.
 
-    tokens: list[int]
-    positions: list[int]
-    branches: list[int]
-    predictors: list[list[int]]
-    continuations: list[list[int]]
-    members: list[int]
+    Each request's input (context + continuation minus its last token) is a
+    path from the root; a path shares the nodes of the prefix it has in common
+    with the tree, so a context shared by four endings, an activity label
+    shared by several items and a word that starts two endings are each
+    computed once. A node's position is its depth, and it attends to its
+    ancestors: in depth-first order those are exactly the earlier columns
+    whose subtree (``ends``: one past the subtree's last column) still
+    contains it. ``predictors[i]`` is the column whose hidden state predicts
+    ``targets[i]``.
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    predictors: list[int] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)
+    members: list[tuple[int, int]] = field(default_factory=list)  # (request index, its number of targets)
+
+    @property
+    def is_chain(self) -> bool:
+        """One unbranched path: plain causal attention is exact for it."""
+        return all(end == len(self.tokens) for end in self.ends)
 
     @classmethod
-    def build(cls, context: list[int], continuations: list[list[int]], members: list[int]) -> "_Segment":
-        tokens, positions, branches = list(context), list(range(len(context))), [0] * len(context)
-        predictors = []
-        for branch, cont in enumerate(continuations, 1):
-            start = len(tokens)
-            tokens += cont[:-1]
-            positions += range(len(context), len(context) + len(cont) - 1)
-            branches += [branch] * (len(cont) - 1)
-            predictors.append([len(context) - 1, *range(start, start + len(cont) - 1)])
-        return cls(tokens, positions, branches, predictors, continuations, members)
+    def grow(cls, pairs: list[tuple[list[int], list[int]]], pack_tokens: int) -> list["_Segment"]:
+        """Prefix trees over ``pairs``, taken in sorted order so that requests sharing a prefix are neighbours.
 
-    @classmethod
-    def split(
-        cls, context: list[int], continuations: list[list[int]], members: list[int], limit: int
-    ) -> list["_Segment"]:
-        """One context's continuations as segments of at most ``limit`` tokens (the model's context length;
-        or the context and one continuation, where that alone is longer). Attention inside a segment is
-        quadratic in its length, so a context shared by many long continuations (the one-token context of
-        every document's first perplexity window) must not become one giant row."""
-        out, taken, size = [], [], len(context)
-        for member, cont in zip(members, continuations):
-            if taken and size + len(cont) - 1 > limit:
-                out.append(cls.build(context, [c for _, c in taken], [m for m, _ in taken]))
-                taken, size = [], len(context)
-            taken.append((member, cont))
-            size += len(cont) - 1
-        out.append(cls.build(context, [c for _, c in taken], [m for m, _ in taken]))
+        A request joins the current tree when it shares a prefix with it and
+        the tree stays within ``pack_tokens``; or, when the shared part is at
+        least as long as the new part (a few-shot prompt, a long context and
+        its continuations), within ``_SHARED_TREE_TOKENS`` or twice the
+        request's length. Attention inside a tree is quadratic in its size, so
+        a short shared prefix (the one-token context of every document's first
+        perplexity window) never makes a giant tree.
+        """
+        order = sorted(range(len(pairs)), key=lambda i: pairs[i][0] + pairs[i][1][:-1])
+        out: list[_Segment] = []
+        path: list[int] = []
+        nodes: list[int] = []  # column of each node on the current path
+        for i in order:
+            ctx, cont = pairs[i]
+            new_path = ctx + cont[:-1]
+            shared = 0
+            limit = min(len(path), len(new_path))
+            while shared < limit and path[shared] == new_path[shared]:
+                shared += 1
+            new = len(new_path) - shared
+            room = max(_SHARED_TREE_TOKENS, 2 * len(new_path)) if shared >= new else pack_tokens
+            if not out or shared == 0 or len(out[-1].tokens) + new > room:
+                out.append(cls())
+                shared, nodes = 0, []
+            seg, nodes = out[-1], nodes[:shared]
+            for depth in range(shared, len(new_path)):
+                nodes.append(len(seg.tokens))
+                seg.tokens.append(new_path[depth])
+                seg.positions.append(depth)
+            seg.predictors += nodes[len(ctx) - 1 :]
+            seg.targets += cont
+            seg.members.append((i, len(cont)))
+            path = new_path
+        for seg in out:
+            seg.ends = _subtree_ends(seg.positions)
         return out
+
+
+def _subtree_ends(depths: list[int]) -> list[int]:
+    """For nodes in depth-first order: one past the last column of each node's subtree."""
+    ends, open_nodes = [len(depths)] * len(depths), []
+    for column, depth in enumerate(depths):
+        while open_nodes and depths[open_nodes[-1]] >= depth:
+            ends[open_nodes.pop()] = column
+        open_nodes.append(column)
+    return ends
 
 
 @dataclass
@@ -136,8 +177,9 @@ class NativeModel:
             eos_token_ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
         self.eos_token_ids = tuple(dict.fromkeys(int(t) for t in eos_token_ids))
         self.stride = stride
-        # Tokens per forward call in prefill and scoring: bounds activations. A GPU needs bigger calls to be busy.
-        self.token_budget = token_budget or (4096 if self.device.type == "cpu" else 16384)
+        # Tokens per forward call in prefill and scoring: bounds activations. On CPU, 1024 keeps a call's activations
+        # in cache and ran hellaswag 20% faster than 4096 (benchmarks/README.md); a GPU needs bigger calls to be busy.
+        self.token_budget = token_budget or (1024 if self.device.type == "cpu" else 16384)
         self.pack_tokens = pack_tokens  # row length that short scoring segments are packed into
         self._announced = 0
         # CUDA: the decode step reads the whole cache (static shapes) under torch.compile "reduce-overhead",
@@ -246,69 +288,67 @@ class NativeModel:
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[list[float], bool, Timing]]:
         """Per pair: continuation token logprobs, whether greedy decoding would produce it, timing.
 
-        Pairs sharing a context become one *segment*: the context once, then
-        each continuation (minus its last token) as a branch that sees the
-        context and itself only. Segments are packed into rows up to
-        ``pack_tokens`` long (no padding between them), rows into forward
-        calls of about ``token_budget`` tokens. This is the shared-prefix
-        reuse of a copied KV cache without the copies: a 4-way
-        multiple-choice item costs its context once.
+        Pairs become prefix trees (:class:`_Segment`): a shared context, or
+        any shared prefix, is computed once, and each position that predicts a
+        target is projected to the vocabulary once. This is the shared-prefix
+        reuse of a copied KV cache without the copies. Trees are packed into
+        rows (first-fit decreasing, no padding between them) at least
+        ``pack_tokens`` long, and rows of similar width into forward calls of
+        about ``token_budget`` tokens.
         """
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (ctx, _) in enumerate(pairs):
-            groups.setdefault(tuple(ctx), []).append(i)
-        segments = [
-            segment
-            for ctx, members in groups.items()
-            for segment in _Segment.split(list(ctx), [pairs[i][1] for i in members], members, self.max_length)
-        ]
-        segments.sort(key=lambda seg: -len(seg.tokens))
-        rows: list[list[_Segment]] = []  # first-fit decreasing
+        segments = sorted(_Segment.grow(pairs, self.pack_tokens), key=lambda seg: -len(seg.tokens))
+        rows: list[list[_Segment]] = []
         room: list[int] = []
-        width = max(self.pack_tokens, len(segments[0].tokens)) if segments else 0
+        widths: list[int] = []
         for seg in segments:
             fit = next((r for r, free in enumerate(room) if free >= len(seg.tokens)), None)
             if fit is None:
+                widths.append(max(self.pack_tokens, len(seg.tokens)))
                 rows.append([seg])
-                room.append(width - len(seg.tokens))
+                room.append(widths[-1] - len(seg.tokens))
             else:
                 rows[fit].append(seg)
                 room[fit] -= len(seg.tokens)
         results: list[Any] = [None] * len(pairs)
-        per_call = max(1, self.token_budget // max(1, width))
-        for start in range(0, len(rows), per_call):
+        start = 0
+        while start < len(rows):  # rows come widest first: a call's width is its first row's
+            per_call = max(1, self.token_budget // widths[start])
             self._score_rows(rows[start : start + per_call], results)
+            start += per_call
         return results
 
-    def _score_rows(self, rows: list[list["_Segment"]], results: list[Any]) -> None:
+    def _score_rows(self, rows: list[list[_Segment]], results: list[Any]) -> None:
         t0 = time.perf_counter()
         width = max(sum(len(seg.tokens) for seg in row) for row in rows)
         shape = (len(rows), width)
         tokens = torch.zeros(shape, dtype=torch.long)
         positions = torch.full(shape, -1, dtype=torch.long)
-        seg_ids = torch.full(shape, -1, dtype=torch.long)
-        branches = torch.zeros(shape, dtype=torch.long)
-        where: list[tuple[int, int]] = []  # (row, column) of the hidden state predicting each target
+        ends = torch.arange(width).repeat(len(rows), 1)  # padding: an empty subtree, no query sees it
+        columns: dict[tuple[int, int], int] = {}  # (row, column) predicting a target -> its projected row
+        predictors: list[int] = []
         targets: list[int] = []
         for r, row in enumerate(rows):
             offset = 0
-            for k, seg in enumerate(row):
+            for seg in row:
                 cols = slice(offset, offset + len(seg.tokens))
                 tokens[r, cols] = torch.tensor(seg.tokens)
                 positions[r, cols] = torch.tensor(seg.positions)
-                seg_ids[r, cols] = k
-                branches[r, cols] = torch.tensor(seg.branches)
-                for cols_of_member, cont in zip(seg.predictors, seg.continuations):
-                    where += [(r, offset + c) for c in cols_of_member]
-                    targets += cont
+                ends[r, cols] = torch.tensor(seg.ends) + offset
+                predictors += [columns.setdefault((r, offset + c), len(columns)) for c in seg.predictors]
+                targets += seg.targets
                 offset += len(seg.tokens)
-        single = all(len(row) == 1 and len(row[0].continuations) == 1 for row in rows)
-        segments = None if single else (seg_ids.to(self.device), branches.to(self.device))
-        hidden = self.model(tokens.to(self.device), positions.to(self.device), None, segments=segments)
-        index = torch.tensor(where, device=self.device)
-        lps, hits = self._target_logprobs(hidden[index[:, 0], index[:, 1]], torch.tensor(targets, device=self.device))
+        chains = all(len(row) == 1 and row[0].is_chain for row in rows)  # plain causal attention is exact
+        subtree_ends = None if chains else ends.to(self.device)
+        hidden = self.model(tokens.to(self.device), positions.to(self.device), None, subtree_ends=subtree_ends)
+        where = torch.tensor(list(columns), device=self.device)
+        lps, hits = target_logprobs(
+            self.model.logits,
+            hidden[where[:, 0], where[:, 1]],
+            torch.tensor(targets, device=self.device),
+            torch.tensor(predictors, device=self.device),
+        )
         lps, hits = lps.tolist(), hits.tolist()
-        members = [(m, len(cont)) for row in rows for seg in row for m, cont in zip(seg.members, seg.continuations)]
+        members = [member for row in rows for seg in row for member in seg.members]
         share = (time.perf_counter() - t0) / len(members)
         offset = 0
         for m, n in members:
@@ -324,16 +364,6 @@ class NativeModel:
         for s in range(0, tokens.shape[1], step):
             hidden = self.model(tokens[:, s : s + step], positions[:, s : s + step], cache, rows)
         return hidden[:, -1]
-
-    def _target_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """log P(target) and argmax == target for ``[n, hidden]`` states, ``_LOGIT_ROWS`` rows of logits at a time."""
-        lps, hits = [], []
-        for s in range(0, len(targets), _LOGIT_ROWS):
-            logits = self.model.logits(hidden[s : s + _LOGIT_ROWS]).float()
-            t = targets[s : s + _LOGIT_ROWS, None]
-            lps.append((logits.gather(1, t) - torch.logsumexp(logits, dim=-1, keepdim=True))[:, 0])
-            hits.append(logits.argmax(-1) == t[:, 0])
-        return torch.cat(lps), torch.cat(hits)
 
     # ---------------------------------------------------------------- generation
 

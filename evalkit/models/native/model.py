@@ -121,10 +121,11 @@ class Block(nn.Module):
 class _StepContext:
     """Everything one forward call shares across layers: slots, masks, cos/sin (computed once, not per layer).
 
-    Without a cache (scoring), ``segments`` = (segment id, branch id) per
-    token packs several sequences into one row: a token sees the earlier
-    tokens of its own segment that are on its branch or on the shared trunk
-    (branch 0), so one row can hold a context and all its continuations.
+    Without a cache (scoring), ``subtree_ends`` packs several prefix trees
+    into one row, each laid out depth first: a token sees the earlier columns
+    whose subtree (which ends before column ``subtree_ends[column]``) contains
+    it, i.e. its ancestors, so one row can hold a context and all its
+    continuations, or several such items.
     """
 
     def __init__(
@@ -136,7 +137,7 @@ class _StepContext:
         rows: torch.Tensor | None,
         dtype: torch.dtype,
         static: bool,
-        segments: tuple[torch.Tensor, torch.Tensor] | None,
+        subtree_ends: torch.Tensor | None,
     ) -> None:
         b, s = positions.shape
         device = positions.device
@@ -159,17 +160,15 @@ class _StepContext:
                 self.kv_len = cache.max_len + 1 if static else int(cache.lengths[row_ids].max())
                 key_pos = cache.pos[row_ids, : self.kv_len]
         self.mask = self.sliding_mask = None
-        if cache is None and segments is None and config.sliding_window is None:
+        if cache is None and subtree_ends is None and config.sliding_window is None:
             # one right-padded sequence per row: padding sits after every real token, plain causal attention is exact
             self.causal = True
         else:
             q, k = positions[:, None, :, None], key_pos[:, None, None, :]
             allowed = (k >= 0) & (k <= q)
-            if segments is not None:
-                seg, branch = segments[0][:, None], segments[1][:, None]
-                same = seg[..., :, None] == seg[..., None, :]
-                on_path = (branch[..., None, :] == 0) | (branch[..., :, None] == branch[..., None, :])
-                allowed &= same & on_path
+            if subtree_ends is not None:
+                column = torch.arange(s, device=device)
+                allowed &= (column[None, :] <= column[:, None]) & (column[:, None] < subtree_ends[:, None, None, :])
             # A padding query may see nothing; let it see slot 0 so SDPA never averages an empty set (NaN).
             pad_query = ~valid[:, None, :, None]
             first = torch.zeros_like(allowed)
@@ -204,17 +203,17 @@ class Transformer(nn.Module):
         cache: KVCache | None,
         rows: torch.Tensor | None = None,
         static: bool = False,
-        segments: tuple[torch.Tensor, torch.Tensor] | None = None,
+        subtree_ends: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states ``[b, s, hidden]`` for ``tokens`` at ``positions``, appended to cache ``rows``.
 
         ``rows`` (default: every cache row, in order) lets a continuous-batching
         engine prefill new requests into the slots that finished rows freed.
         With ``cache=None`` nothing is stored (scoring): each row is one
-        right-padded sequence, or packed ``segments`` (see ``_StepContext``).
+        right-padded sequence, or packed prefix trees (``subtree_ends``, see ``_StepContext``).
         """
         x = self.embed(tokens)
-        ctx = _StepContext(self.config, self.inv_freq, positions, cache, rows, x.dtype, static, segments)
+        ctx = _StepContext(self.config, self.inv_freq, positions, cache, rows, x.dtype, static, subtree_ends)
         for i, layer in enumerate(self.layers):
             x = layer(x, i, ctx)
         return self.norm(x)

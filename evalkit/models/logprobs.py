@@ -1,0 +1,45 @@
+"""Target-token log-probabilities from hidden states, for every white-box adapter.
+
+Scoring needs log P(target) at a few positions, never the whole
+``[batch x positions x vocab]`` logits tensor. Both the transformers adapter
+and the native engine project only the rows that predict a target, a bounded
+number of rows at a time, through this one function, so their scores are
+computed the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+# Rows of hidden states projected to the vocabulary at once: bounds the logits buffer
+# (1024 x 49k x 4 bytes = 200 MB) however many targets a batch has.
+PROJECTION_ROWS = 1024
+
+
+def target_logprobs(
+    project: Callable[[torch.Tensor], torch.Tensor],
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 log-softmax probability of each target and whether it is the argmax, on the CPU.
+
+    ``hidden`` is ``[n_rows, hidden]``; target ``i`` is predicted by row
+    ``rows[i]`` (default: row ``i``). Several targets may share a row (the
+    last context token predicts the first token of every continuation), and
+    that row is projected once.
+    """
+    if rows is None:
+        rows = torch.arange(len(targets), device=targets.device)
+    logprobs = torch.empty(len(targets), device=targets.device)
+    hits = torch.empty(len(targets), dtype=torch.bool, device=targets.device)
+    for start in range(0, len(hidden), PROJECTION_ROWS):
+        lp = F.log_softmax(project(hidden[start : start + PROJECTION_ROWS]).float(), dim=-1)
+        pick = ((rows >= start) & (rows < start + PROJECTION_ROWS)).nonzero()[:, 0]
+        local, wanted = rows[pick] - start, targets[pick]
+        logprobs[pick] = lp[local, wanted]
+        hits[pick] = lp.argmax(dim=-1)[local] == wanted
+    return logprobs.cpu(), hits.cpu()
