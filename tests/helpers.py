@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sqlite3
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -19,14 +20,24 @@ def load_benchmark(name: str) -> ModuleType:
 
 
 def cached_rows(cache_file: Path) -> int:
-    """How many responses a (possibly still running) evalkit process has committed to its cache."""
+    """How many responses a (possibly still running) evalkit process has committed to its cache.
+
+    Only a missing file or table counts as 0: a read that finds the database
+    busy is retried, so a poll never mistakes a busy moment for an empty cache.
+    """
     if not cache_file.exists():
         return 0
-    try:
-        with sqlite3.connect(cache_file, timeout=1) as db:
+    for _ in range(50):
+        db = sqlite3.connect(cache_file, timeout=5)
+        try:
             return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-    except sqlite3.OperationalError:  # table not created yet
-        return 0
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return 0
+        finally:
+            db.close()
+        time.sleep(0.1)
+    raise AssertionError(f"{cache_file} stayed busy for every read")
 
 
 class CharTokenizer:

@@ -43,6 +43,7 @@ def test_interrupted_run_resumes_to_identical_results(sig, tmp_path, data_dir, u
     deadline = time.monotonic() + 600
     while cached_rows(cache_file) == 0 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before any response reached the cache: nothing to interrupt"
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     if sig == signal.SIGINT:
