@@ -34,12 +34,27 @@ def uninterrupted(smollm2, data_dir):
     )
 
 
+def _sigint_as_in_a_shell() -> None:
+    """Runs in the child before exec: Ctrl-C at its default and unblocked, as a shell starts a command.
+
+    An ignored or blocked SIGINT is inherited through exec, and then Python
+    installs no KeyboardInterrupt handler; libraries in this test session can
+    leave it so (lightning's distributed teardown sets SIG_IGN). Two CI runs
+    saw the interrupted run finish with rc 0.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_interrupted_run_resumes_to_identical_results(sig, tmp_path, data_dir, uninterrupted):
     env = {**os.environ, "EVALKIT_CACHE": str(tmp_path / "cache")}
     cache_file = tmp_path / "cache" / "responses.sqlite"
     output = tmp_path / "run"
-    proc = subprocess.Popen(run_args(data_dir, output), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        run_args(data_dir, output), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_sigint_as_in_a_shell,
+    )
     deadline = time.monotonic() + 600
     while cached_rows(cache_file) == 0 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -47,7 +62,8 @@ def test_interrupted_run_resumes_to_identical_results(sig, tmp_path, data_dir, u
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     if sig == signal.SIGINT:
-        assert proc.returncode == 130, stderr[-2000:]
+        parent = f"pytest's SIGINT handler {signal.getsignal(signal.SIGINT)}, blocked {signal.pthread_sigmask(signal.SIG_BLOCK, [])}"
+        assert proc.returncode == 130, f"{parent}\n{stderr[-2000:]}"
         assert "rerun the same command to resume" in stderr
     else:
         assert proc.returncode == -signal.SIGKILL
