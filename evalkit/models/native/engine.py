@@ -180,7 +180,7 @@ class NativeModel:
         # Tokens per forward call in prefill and scoring: bounds activations. On CPU, 1024 keeps a call's activations
         # in cache and ran hellaswag 20% faster than 4096 (benchmarks/README.md); a GPU needs bigger calls to be busy.
         self.token_budget = token_budget or (1024 if self.device.type == "cpu" else 16384)
-        self.pack_tokens = pack_tokens  # row length that short scoring segments are packed into
+        self.pack_tokens = pack_tokens  # scoring: the size a prefix tree grows to, and the rows trees are packed into
         self._announced = 0
         # CUDA: the decode step reads the whole cache (static shapes) under torch.compile "reduce-overhead",
         # which captures it as a CUDA graph. On CPU the eager step reads only the used slots.
