@@ -30,11 +30,17 @@ class RollingLoglikelihood:
 
 @dataclass(frozen=True)
 class Generate:
-    """Free-running generation from a prompt until a stop string, EOS or the token budget."""
+    """Free-running generation from a prompt until a stop string, EOS or the token budget.
+
+    ``prompt`` is the exact text a white-box model continues; ``messages``, set
+    when a chat template was applied, are the turns it was rendered from, which
+    an HTTP chat endpoint receives instead.
+    """
 
     prompt: str
     stop: tuple[str, ...] = ()
     max_new_tokens: int = 256
+    messages: tuple[tuple[str, str], ...] | None = None  # (role, content) turns behind a chat prompt
 
 
 Request = Union[Loglikelihood, RollingLoglikelihood, Generate]
@@ -46,7 +52,8 @@ def request_key(request: Request) -> str:
     Used for the response cache and to derive each request's own random stream,
     so results do not depend on batch composition or on the number of ranks.
     """
-    payload = json.dumps([type(request).__name__, asdict(request)], sort_keys=True, ensure_ascii=False)
+    fields = {k: v for k, v in asdict(request).items() if v is not None}  # unset optional fields keep old keys
+    payload = json.dumps([type(request).__name__, fields], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 

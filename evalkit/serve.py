@@ -7,8 +7,12 @@ adapter can be tested against a server whose every number is known in-process.
 
 Routes: ``GET /v1/models``; ``POST /v1/completions`` (prompt or list of
 prompts, ``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``, ``n``,
-``echo`` with ``logprobs``); ``POST /v1/chat/completions`` (the tokenizer's
-chat template). Generation is evalkit's decoding loop, so the vLLM-style extra
+``echo`` with ``logprobs``); ``POST /v1/chat/completions`` (rendered with the
+model's chat template exactly as ``evalkit run --apply-chat-template`` renders
+it, see :mod:`evalkit.tasks.chat`; vLLM's ``add_generation_prompt`` and
+``continue_final_message`` choose between a new assistant reply, the default,
+and continuing the conversation's final message; generation also stops at the
+template's end-of-turn marker). Generation is evalkit's decoding loop, so the vLLM-style extra
 fields (``top_k``, ``min_p``, ``typical_p``, ``repetition_penalty``,
 ``no_repeat_ngram_size``, ``num_beams``, ``length_penalty``,
 ``early_stopping``, ``min_tokens``, ``ignore_eos``) mean exactly what they mean
@@ -37,6 +41,7 @@ from evalkit.decoding.config import DecodingConfig
 from evalkit.errors import EvalkitError
 from evalkit.models.base import Backend, LanguageModel
 from evalkit.requests import Generate, Response
+from evalkit.tasks.chat import ChatTemplate, resolve_template
 
 _CHUNK = 256  # prompt tokens per forward when scoring an echo: bounds the logits buffer to 256 x vocab
 _MAX_TOP_LOGPROBS = 20
@@ -59,6 +64,8 @@ class ModelService:
         self.name = name or model.name
         self.created = int(time.time())
         self._lock = threading.Lock()
+        self.template, self._template_error = _own_template(model, self.name)
+        self.end_of_turn = self.template.end_of_turn() if self.template else None
 
     def models(self) -> dict:
         entry = {"id": self.name, "object": "model", "created": self.created, "owned_by": "evalkit",
@@ -95,11 +102,13 @@ class ModelService:
 
     def chat(self, body: dict) -> dict:
         self._check_model(body)
-        prompt = self._chat_prompt(body.get("messages"))
+        prompt = self._chat_prompt(body)
         given = body.get("max_completion_tokens", body.get("max_tokens"))
         max_tokens = _CHAT_MAX_TOKENS if given is None else _int({"max_tokens": given}, "max_tokens", 0, low=1)
         decoding = decoding_from_request(body)
         stops = _stops(body)
+        if self.end_of_turn and self.end_of_turn not in stops:  # a reply ends with its turn, as the model was trained
+            stops += (self.end_of_turn,)
         with self._lock, torch.inference_mode():
             response = self._generate([prompt], stops, max_tokens, decoding)[0]
             prompt_tokens = len(self._encode(prompt))
@@ -167,14 +176,28 @@ class ModelService:
             return {"finish_reason": "stop", "stop_reason": min(found, key=tail.find) if found else stops[0]}
         return {"finish_reason": "stop", "stop_reason": None}
 
-    def _chat_prompt(self, messages: Any) -> str:
+    def _chat_prompt(self, body: dict) -> str:
+        """The conversation as the model sees it: a new assistant reply, or (``continue_final_message``) the
+        final message left open, rendered by the same :class:`ChatTemplate` code as evaluation."""
+        messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise BadRequest("messages must be a non-empty list of {role, content} objects")
         clean = [{"role": str(m.get("role", "user")), "content": _content_text(m.get("content"))} for m in messages]
-        tokenizer = self.model.tokenizer
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
-        return "\n".join(m["content"] for m in clean)
+        continue_final = _flag(body, "continue_final_message", False)
+        add_generation = _flag(body, "add_generation_prompt", not continue_final)
+        if continue_final == add_generation:
+            raise BadRequest(
+                "set exactly one of add_generation_prompt (a new assistant reply, the default) and "
+                "continue_final_message (continue the last message)"
+            )
+        if self._template_error:
+            raise BadRequest(self._template_error)
+        if self.template is None:  # a model without a chat template: the turns' texts, one per line
+            return "\n".join(m["content"] for m in clean)
+        try:
+            return self.template.render(clean, add_generation_prompt=add_generation)
+        except (EvalkitError, ValueError) as err:  # ValueError: transformers cannot find the message to continue
+            raise BadRequest(str(err).splitlines()[0]) from None
 
     def _envelope(self, kind: str, choices: list[dict], prompt_tokens: int, completion_tokens: int) -> dict:
         prefix = "chatcmpl" if kind == "chat.completion" else "cmpl"
@@ -295,6 +318,27 @@ def _content_text(content: Any) -> str:
     if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
         return "".join(part.get("text", "") for part in content if isinstance(part, dict))
     raise BadRequest("each message needs text content")
+
+
+def _own_template(model: LanguageModel, name: str) -> tuple[ChatTemplate | None, str | None]:
+    """The served model's own chat template, resolved as ``--apply-chat-template`` resolves it, or the reason it
+    cannot be used (chat requests then fail with it); (None, None) when the tokenizer has no template."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if not getattr(tokenizer, "chat_template", None):
+        return None, None
+    try:
+        return resolve_template(True, tokenizer, name), None
+    except EvalkitError as err:
+        return None, str(err)
+
+
+def _flag(body: dict, key: str, default: bool) -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key} must be true or false, got {value!r}")
+    return value
 
 
 def _stops(body: dict) -> tuple[str, ...]:

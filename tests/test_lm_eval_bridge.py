@@ -169,7 +169,7 @@ def test_generate_until_both_ways(tiny, tokenizer, task_dir):
 
 
 def test_lm_eval_task_without_local_data_is_one_clear_error(tiny, tokenizer, tmp_path):
-    with pytest.raises(EvalkitError, match="hub is not reachable.*--data-dir"):
+    with pytest.raises(EvalkitError, match="hub is not reachable.*data_dir=DIR"):
         evalkit.evaluate(tiny, tokenizer, tasks="lm_eval:hellaswag", limit=2, data_dir=tmp_path)
 
 

@@ -348,3 +348,63 @@ def test_killed_server_run_resumes_from_cache_and_key_stays_secret(llama, data_d
     cached = [p.read_bytes().decode(errors="replace") for p in cache_file.parent.iterdir()]
     secrets = written + cached + [out, err, rerun.stdout, rerun.stderr]
     assert all(KEY not in text for text in secrets), "the API key must not reach results, samples, cache or logs"
+
+
+# ---------------------------------------------------------------------- chat templates through a chat endpoint
+
+
+@pytest.fixture(scope="module")
+def evalkit_chat_server(smollm2):
+    """`evalkit serve`'s service over the session's SmolLM2, in-process on loopback, recording every chat request."""
+    from evalkit.serve import ModelService, make_server
+
+    class Recording(ModelService):
+        def __init__(self, *args, **kw) -> None:
+            super().__init__(*args, **kw)
+            self.exchanges: list[tuple[dict, dict]] = []
+
+        def chat(self, body: dict) -> dict:
+            reply = super().chat(body)
+            self.exchanges.append((body, reply))
+            return reply
+
+    service = Recording(smollm2, "smollm2-135m")
+    server = make_server(service, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield service, f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_chat_endpoint_receives_the_templated_messages(evalkit_chat_server, smollm2, data_dir, tmp_path):
+    """`::chat` with apply_chat_template sends each item's messages (system instruction, user turn); the server
+    renders them with the model's template, so greedy outputs equal a local templated run's, item for item."""
+    import evalkit
+    from evalkit.tasks.chat import resolve_template
+
+    service, url = evalkit_chat_server
+    system = "You are a careful math tutor. Give the final number."
+    common = dict(tasks="gsm8k", data_dir=data_dir, limit=3, decoding=DecodingConfig(max_new_tokens=16), bootstrap=10,
+                  apply_chat_template=True, system_instruction=system, cache=False)
+    served = evalkit.evaluate(f"{url}::smollm2-135m::chat", backend="openai", output_dir=tmp_path / "served", **common)
+    local = evalkit.evaluate(smollm2, output_dir=tmp_path / "local", **common)
+    assert served["meta"]["prompt"]["chat_template_source"] == "server"
+    assert local["meta"]["prompt"]["chat_template_source"] == "tokenizer"
+
+    def samples(run: str) -> list[dict]:
+        (path,) = (tmp_path / run / "samples").glob("gsm8k__*.jsonl")
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    remote, here = samples("served"), samples("local")
+    assert [s["output"] for s in remote] == [s["output"] for s in here] and all(s["output"] for s in here)
+    template = resolve_template(True, smollm2.tokenizer, "smollm2-135m")
+    by_question = {body["messages"][-1]["content"]: (body, reply) for body, reply in service.exchanges}
+    assert len(by_question) == 3
+    for got, want in zip(remote, here):
+        messages = json.loads(got["prompt"])  # a server-rendered run records the messages it sent
+        assert [m["role"] for m in messages] == ["system", "user"] and messages[0]["content"] == system
+        body, reply = by_question[messages[-1]["content"]]
+        assert body["messages"] == messages and "continue_final_message" not in body
+        assert template.render(messages, add_generation_prompt=True) == want["prompt"]
+        assert reply["usage"]["prompt_tokens"] == len(smollm2.encode(want["prompt"]))

@@ -59,18 +59,21 @@ def write_run(
     with_bleu: bool = True,
     with_diversity: bool = True,
     filler: int = 0,
+    prompt: dict | None = None,
+    prompt_text: str = "{}",
 ) -> Path:
     """A run folder as `evalkit run` writes it: generation tasks under each decoding, scoring tasks once.
 
     ``decodings`` maps a strategy label to its accuracy; tasks whose name starts with
     ``mc`` are scored by loglikelihood. ``outputs`` overrides the text of chosen items;
     ``filler`` words lengthen wrong answers to the size of real generations.
+    ``prompt`` is the run's ``meta.prompt`` (its prompt format), ``prompt_text`` wraps each item's prompt.
     """
     decodings = decodings or {"greedy": 0.7, "beam2": 0.6, "top-p0.9": 0.3}
     rng = random.Random(f"{folder}-{seed}")
     cells: dict[str, dict[str, CellResult]] = {}
     for task in tasks:
-        prompts = [f"Q{i}: where is the {WORDS[i % len(WORDS)]} number {i}?" for i in range(n)]
+        prompts = [prompt_text.format(f"Q{i}: where is the {WORDS[i % len(WORDS)]} number {i}?") for i in range(n)]
         references = [f"the {WORDS[i % len(WORDS)]} {i}" for i in range(n)]
         labels = {"loglikelihood": 0.55} if task.startswith("mc") else decodings
         cells[task] = {}
@@ -112,6 +115,8 @@ def write_run(
             )
     meta = {"versions": {"evalkit": "0.1.0", "torch": "2.13.0"}, "python": "3.11", "git_hash": "0123abcd", "date": "2025-01-01T00:00:00+00:00",
             "hardware": {"platform": "linux", "cpu_count": 2}, "config": {"model": model, "seed": seed}, "seed": seed}
+    if prompt is not None:
+        meta["prompt"] = prompt
     out = root / folder
     RunResult(model=model, backend=backend, cells=cells, meta=meta).write(out)
     return out
@@ -289,3 +294,49 @@ def test_runs_of_one_model_split_by_task_share_rows(tmp_path):
     assert all({names[i] for i in r.runs} == {"part-gen", "part-mc"} for r in merged)
     assert all(r.cells["qa-gen"] is not None and r.cells["mc-choice"].label == "loglikelihood" for r in merged)
     assert board.flags == ["Run other has no results for mc-choice; its mean rank and win rate cover only the tasks it ran."]
+
+
+def test_prompt_formats_are_named_and_never_merged(tmp_path):
+    """A plain and a chat-templated run of one model and backend are separate rows, each labelled with its prompt
+    format; the system instruction is shown escaped; runs of one format split by task still share rows."""
+    from evalkit.tasks.chat import ChatTemplate, PromptFormat
+
+    template = ChatTemplate("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}", "tokenizer")
+    system = "<script>alert(1)</script> Answer with a number."
+    chat = PromptFormat(chat=True, chat_template=template, system_instruction=system, fewshot_as_multiturn=True).meta()
+    wrap = "<|im_start|>system\n" + system + "<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+    write_run(tmp_path, "plain-gen", tasks=("qa-gen",), prompt=PromptFormat().meta())
+    write_run(tmp_path, "chat-gen", tasks=("qa-gen",), prompt=chat, prompt_text=wrap)
+    write_run(tmp_path, "chat-mc", tasks=("mc-choice",), prompt=chat, prompt_text=wrap)
+    write_run(tmp_path, "plain-mc", tasks=("mc-choice",))  # results.json from before prompt formats: plain
+    board = build_leaderboard(load_runs([tmp_path]))
+    names = [r.name for r in board.runs]
+    groups = {tuple(sorted(names[i] for i in r.runs)) for r in board.rows}
+    assert groups == {("chat-gen", "chat-mc"), ("plain-gen", "plain-mc")}
+    label = f"chat template (tokenizer, sha256 {template.sha256[:8]}…)"
+    by_name = {r.name: r.prompt_label for r in board.runs}
+    assert by_name["plain-gen"] == by_name["plain-mc"] == "plain prompt"
+    assert by_name["chat-gen"] == f'{label} · system: "<script>alert(1)</script> Answer with a number." · few-shot as multi-turn'
+
+    html = build_report([tmp_path], tmp_path / "prompts.html").read_text(encoding="utf-8")
+    assert "<script>alert(1)</script>" not in html  # nowhere: not in the markup, not in the data block
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; Answer with a number." in html
+    assert label in html and template.sha256 in html and "few-shot as multi-turn" in html
+    overview = html.split('id="overview-table"')[1].split("</table>")[0]
+    assert overview.count(label) == 3 and overview.count("<td class=\"prompt\">plain prompt</td>") == 3  # 3 strategies each
+    parser = ScriptCounter()
+    parser.feed(html)
+    data = json.loads(parser.scripts[0][1])
+    task = next(t for t in data["tasks"] if t["name"] == "qa-gen")
+    columns = {(c["run"], c["decoding"]): c for c in task["columns"]}
+    assert columns[("plain-gen", "greedy")]["prompt"] == "plain prompt"
+    assert columns[("chat-gen", "greedy")]["prompt"].startswith(label)
+    # the docs table holds the first run's prompt (chat-gen sorts first); a run whose prompt differs carries its own
+    strings = data["strings"]
+
+    def fields(run):
+        other = columns[(run, "greedy")]["other"][0]
+        return dict(zip([strings[i] for i in other[::2]], [strings[i] for i in other[1::2]]))
+
+    assert strings[task["docs"][0][1]] == wrap.format("Q0: where is the river number 0?")
+    assert "prompt" not in fields("chat-gen") and fields("plain-gen")["prompt"] == "Q0: where is the river number 0?"

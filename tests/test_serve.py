@@ -100,6 +100,58 @@ def test_chat_endpoint_applies_the_chat_template(served, smollm2):
     assert got.text == want.text and got.text
 
 
+def test_chat_continues_a_final_assistant_message(served, smollm2):
+    """vLLM's continue_final_message: the reply continues the assistant prefix (nothing prepended), exactly as the
+    model continues the local ChatTemplate rendering without a generation prompt; the adapter asks for it itself."""
+    from evalkit.tasks.chat import resolve_template
+
+    messages = [{"role": "system", "content": "You are a careful calculator."},
+                {"role": "user", "content": "What is 12 + 30?"},
+                {"role": "assistant", "content": "12 + 30 ="}]
+    template = resolve_template(True, smollm2.tokenizer, "smollm2-135m")
+    prompt = template.render(messages, add_generation_prompt=False)
+    assert prompt.endswith("<|im_start|>assistant\n12 + 30 =")
+    want = smollm2.generate([Generate(prompt, stop=(template.end_of_turn(),), max_new_tokens=8)], DecodingConfig())[0]
+    assert want.text
+
+    body = {"model": "smollm2-135m", "messages": messages, "max_tokens": 8, "temperature": 0,
+            "continue_final_message": True, "add_generation_prompt": False}
+    reply = requests.post(f"{served.url}/chat/completions", json=body, headers=served.headers, timeout=120)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"] == want.text
+    assert reply.json()["usage"]["prompt_tokens"] == len(smollm2.encode(prompt))
+
+    chat = OpenAIModel(served.url, "smollm2-135m", chat=True, api_key_env=KEY_ENV)
+    turns = tuple((m["role"], m["content"]) for m in messages)
+    got = chat.generate([Generate(prompt, max_new_tokens=8, messages=turns)], DecodingConfig())[0]
+    assert got.text == want.text
+
+    both = requests.post(f"{served.url}/chat/completions", json={**body, "add_generation_prompt": True},
+                         headers=served.headers, timeout=60)
+    assert both.status_code == 400 and "exactly one of" in both.json()["error"]["message"]
+
+
+def test_chat_stops_at_the_end_of_turn_marker(smollm2, monkeypatch):
+    """The template's end-of-turn marker is a stop string of every chat reply, next to the request's own stops.
+
+    (SmolLM2's marker is also its EOS token, so the reply would end there anyway; what is checked is that the
+    decoding loop is asked to stop at it, as a model whose marker is not EOS needs.)
+    """
+    from evalkit.serve import ModelService
+
+    service = ModelService(smollm2, "smollm2-135m")
+    assert service.template.source == "tokenizer" and service.end_of_turn == "<|im_end|>"
+    asked: list[Generate] = []
+    generate = smollm2.generate
+    monkeypatch.setattr(smollm2, "generate", lambda requests_, decoding: asked.extend(requests_) or generate(requests_, decoding))
+    messages = [{"role": "user", "content": "Say hello."}]
+    reply = service.chat({"messages": messages, "max_tokens": 12, "temperature": 0, "stop": ["\n\n"]})
+    assert [r.stop for r in asked] == [("\n\n", "<|im_end|>")]
+    assert asked[0].prompt == service.template.render(messages, add_generation_prompt=True)
+    want = generate([asked[0]], DecodingConfig())[0]
+    assert reply["choices"][0]["message"]["content"] == want.text
+
+
 def test_protocol_errors_are_one_line(served, remote, monkeypatch):
     headers = {"Authorization": f"Bearer {KEY}"}
     reply = requests.post(f"{served.url}/completions", json={"prompt": "x", "stream": True}, headers=headers, timeout=60)

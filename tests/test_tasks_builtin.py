@@ -72,10 +72,14 @@ def test_wikitext_scores_lm_eval_detokenized_page_and_counts_on_original(tasks):
 
 
 def test_gsm8k_prompt_stop_strings_and_reference(tasks):
+    """The stop strings are lm-eval 0.4.13's gsm8k `until`, read from its own task file."""
+    import lm_eval
+
+    theirs = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml").read_text())
     rows = jsonl("gsm8k/test.jsonl")
     for inst, row in zip(tasks["gsm8k"].instances(limit=30), rows):
         assert inst.prompt == "Question: " + row["question"] + "\nAnswer:"
-        assert inst.requests == [Generate(inst.prompt, ("Question:", "</s>", "<|im_end|>", "\n\n"), 256)]
+        assert inst.requests == [Generate(inst.prompt, tuple(theirs["generation_kwargs"]["until"]), 256)]
         assert inst.reference == row["answer"].split("#### ")[-1].replace(",", "")
 
 

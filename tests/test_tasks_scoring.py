@@ -109,12 +109,12 @@ def test_gsm8k_filter_and_exact_match_match_lm_eval():
 
     regex = RegexFilter(regex_pattern=flexible["regex_pattern"], group_select=flexible["group_select"])
     extracted = [r[0] for r in regex.apply([[t] for t in GSM8K_OUTPUTS], [i.doc for i in instances])]
-    assert [s["filtered"] for s in scored.samples] == extracted
+    assert [s["filtered"]["flexible-extract"] for s in scored.samples] == extracted
     expected = [
         exact_match_hf_evaluate(predictions=[p], references=[i.doc["answer"]], **options)["exact_match"]
         for p, i in zip(extracted, instances)
     ]
-    assert [s["scores"]["exact_match"] for s in scored.samples] == expected
+    assert [s["scores"]["exact_match,flexible-extract"] for s in scored.samples] == expected
     assert expected[:3] == [1.0, 1.0, 1.0] and sum(expected) < len(expected)  # hits and misses both checked
     assert scored.samples[0]["output"] == GSM8K_OUTPUTS[0]
 

@@ -99,7 +99,7 @@ def test_missing_data_file_names_file_task_and_fix(tmp_path, monkeypatch):
     with pytest.raises(EvalkitError) as info:
         get_task(str(path))  # fails at lookup, before any model would load
     message = str(info.value)
-    assert "'mine'" in message and "mine/items.jsonl" in message and "--data-dir" in message and "EVALKIT_DATA" in message
+    assert "'mine'" in message and "mine/items.jsonl" in message and "data_dir=DIR" in message and "EVALKIT_DATA" in message
     message = error_of(path, data_dir=str(tmp_path / "elsewhere"))
     assert str(tmp_path / "elsewhere") in message
 
@@ -116,12 +116,12 @@ def test_missing_builtin_data_names_hub_dataset(monkeypatch, tmp_path):
         get_task("hellaswag", str(tmp_path)).instances(limit=1)  # no network here: the hub attempt fails too
     message = str(info.value)
     assert "hellaswag/hellaswag_val.rows_0000-1999.jsonl" in message and "Rowan/hellaswag" in message
-    assert "--data-dir" in message and "\n" not in message
+    assert "data_dir=DIR" in message and "\n" not in message
 
 
 def test_wmt_without_data_fails_at_lookup(monkeypatch, tmp_path):
     monkeypatch.delenv("EVALKIT_DATA", raising=False)
-    with pytest.raises(EvalkitError, match="wmt21_news_text/newstest2021.de-en.src.de.txt.*--data-dir"):
+    with pytest.raises(EvalkitError, match="wmt21_news_text/newstest2021.de-en.src.de.txt.*data_dir=DIR"):
         get_task("wmt21-de-en", str(tmp_path))
 
 

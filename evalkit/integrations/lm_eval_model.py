@@ -34,6 +34,7 @@ from evalkit.decoding.config import DecodingConfig
 from evalkit.errors import EvalkitError
 from evalkit.models.base import LanguageModel
 from evalkit.requests import Generate, Loglikelihood, RollingLoglikelihood
+from evalkit.tasks.chat import ChatTemplate, resolve_template
 
 MODEL_TYPE = "evalkit"
 _DEFAULT_BATCH_SIZE = 8
@@ -68,15 +69,28 @@ class EvalkitLM(LM):
             self.adapter = model
         else:
             raise EvalkitError(f"EvalkitLM takes a model name or an evalkit adapter, got {type(model).__name__}")
+        self._templates: dict[bool | str, ChatTemplate] = {}
+        self._chosen: bool | str = True
 
     @property
     def tokenizer_name(self) -> str:
         return getattr(self.adapter.tokenizer, "name_or_path", self.adapter.name).replace("/", "__")
 
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The template lm-eval records for ``--apply_chat_template`` (True, or a template name or Jinja file)."""
+        if chat_template is False or chat_template is None:
+            return None
+        self._chosen = chat_template  # lm-eval asks for the template once, then renders with it
+        return self._template(chat_template).text
+
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.adapter.tokenizer.apply_chat_template(
-            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        """Rendered as evalkit renders its own chat prompts (an open last turn, the system-role retry)."""
+        return self._template(self._chosen).render(chat_history, add_generation_prompt=add_generation_prompt)
+
+    def _template(self, choice: bool | str) -> ChatTemplate:
+        if choice not in self._templates:
+            self._templates[choice] = resolve_template(choice, self.adapter.tokenizer, self.adapter.name)
+        return self._templates[choice]
 
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         answers = self.adapter.loglikelihood([Loglikelihood(*r.args) for r in requests])

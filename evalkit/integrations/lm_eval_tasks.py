@@ -18,7 +18,7 @@ local copy differs from the hub's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +29,7 @@ import numpy as np
 from evalkit.errors import EvalkitError
 from evalkit.metrics.base import MetricResult
 from evalkit.requests import Generate, Loglikelihood, Request, Response, RollingLoglikelihood
+from evalkit.tasks.chat import PLAIN, PromptFormat
 from evalkit.tasks.task import Instance, TaskScore
 
 LM_EVAL_PREFIX = "lm_eval:"
@@ -139,7 +140,7 @@ def lm_eval_config(name: str, data_dir: str | Path | None) -> dict[str, Any] | s
     if root is None or not (root / local.path).is_file():
         raise EvalkitError(
             f"lm-eval task {name!r}: the Hugging Face hub is not reachable and the local copy {local.path} is not "
-            f"under the data dir ({root}); pass --data-dir (or set EVALKIT_DATA) to the folder that holds it"
+            f"under the data dir ({root}); pass data_dir=DIR (or set EVALKIT_DATA) with the folder that holds it"
         )
     from lm_eval.tasks._yaml_loader import load_yaml
 
@@ -150,7 +151,7 @@ def lm_eval_config(name: str, data_dir: str | Path | None) -> dict[str, Any] | s
 def lm_eval_tasks(name: str, data_dir: str | Path | None = None) -> list["LmEvalTask"]:
     """The evalkit tasks for an lm-eval task, group or task YAML path (``name`` without the ``lm_eval:`` prefix)."""
     if not name:
-        raise EvalkitError("empty lm-eval task name: write --tasks lm_eval:<name>, e.g. lm_eval:hellaswag")
+        raise EvalkitError("empty lm-eval task name: write tasks='lm_eval:<name>', e.g. lm_eval:hellaswag")
     from evalkit.hub import hub_reachable
 
     spec = lm_eval_config(name, data_dir)
@@ -189,11 +190,26 @@ class LmEvalTask:
     def __repr__(self) -> str:
         return f"LmEvalTask({self.name!r}, {self.output_type})"
 
-    def instances(self, limit: int | None = None) -> list[Instance]:
-        """lm-eval's requests for the first ``limit`` documents, grouped per document as evalkit instances."""
+    def instances(self, limit: int | None = None, fmt: PromptFormat = PLAIN) -> list[Instance]:
+        """lm-eval's requests for the first ``limit`` documents, grouped per document as evalkit instances.
+
+        A chat format is handed to lm-eval's own prompt builder (its
+        ``apply_chat_template`` options), rendering with evalkit's template.
+        """
         if limit is not None and limit < 1:
-            raise EvalkitError(f"--limit must be a positive number of items, got {limit}")
-        self.task.build_all_requests(limit=limit, rank=0, world_size=1)
+            raise EvalkitError(f"limit={limit}: must be a positive number of items")
+        if fmt.chat and fmt.chat_template is None:
+            raise EvalkitError(f"task {self.name!r}: lm-eval builds chat prompts as text; give the model's template as a Jinja file instead of ::chat")
+        template = fmt.chat_template
+
+        def render(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+            return template.render(messages, add_generation_prompt=add_generation_prompt)
+
+        self.task.build_all_requests(
+            limit=limit, rank=0, world_size=1, system_instruction=fmt.system_instruction,
+            apply_chat_template=fmt.chat, fewshot_as_multiturn=fmt.fewshot_as_multiturn,
+            chat_template=render if template else None,
+        )
         by_doc: dict[int, list[Any]] = {}
         for request in self.task.instances:
             by_doc.setdefault(request.doc_id, []).append(request)
@@ -202,7 +218,10 @@ class LmEvalTask:
             requests.sort(key=lambda r: r.idx)
             self._requests[doc_id] = requests
             doc = requests[0].doc
-            out.append(Instance(doc_id, doc, requests[0].args[0], self.task.doc_to_target(doc), [_to_evalkit(r) for r in requests]))
+            converted = [_to_evalkit(r) for r in requests]
+            if fmt.end_of_turn:  # as evalkit's own tasks: a chat answer ends at the template's end of turn
+                converted = [replace(r, stop=(*r.stop, fmt.end_of_turn)) if isinstance(r, Generate) and fmt.end_of_turn not in r.stop else r for r in converted]
+            out.append(Instance(doc_id, doc, requests[0].args[0], self.task.doc_to_target(doc), converted))
         return out
 
     def score(

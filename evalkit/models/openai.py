@@ -23,8 +23,15 @@ it) fail with one line naming the server and the missing feature. The server
 gives the first token of a prompt no log-probability, so a rolling document's
 first token is only scored when ``score_prefix`` precedes it.
 Generation uses ``/v1/completions`` by default, since evalkit's prompts are raw
-text (few-shot blocks ending in "Answer:"); ``::chat`` wraps each prompt in one
-user message instead.
+text (few-shot blocks ending in "Answer:"); ``::chat`` sends them to
+``/v1/chat/completions`` instead: a chat-templated request (``--apply-chat-template``)
+as its own messages (system instruction, few-shot turns, the question), for the
+server to render with its template, and any other prompt as one user message.
+A conversation that ends in an assistant message (an answer prefix, lm-eval's
+``gen_prefix``) is sent with vLLM's ``continue_final_message: true`` and
+``add_generation_prompt: false``, so the model continues that message (evalkit
+serve honours them too); a server without these parameters may ignore them and
+start a new reply instead, or (OpenAI's API) refuse the request.
 
 Requests run on a thread pool (``concurrency``, the CLI's ``--batch-size``);
 each call has a timeout and is retried with exponential backoff on connection
@@ -55,6 +62,7 @@ from urllib.parse import urlsplit
 import requests
 
 from evalkit.decoding.config import DecodingConfig
+from evalkit.decoding.stops import cut_text
 from evalkit.errors import EvalkitError
 from evalkit.requests import Generate, Loglikelihood, Response, RollingLoglikelihood, Timing
 
@@ -216,7 +224,7 @@ class OpenAIModel:
         served = self._probe()
         self.model = model or (served[0]["id"] if served else None)
         if self.model is None:
-            raise EvalkitError(f"{self.base_url} lists no model; name one: --model {self.base_url}::MODEL")
+            raise EvalkitError(f"{self.base_url} lists no model; name one: model='{self.base_url}::MODEL'")
         ids = [m["id"] for m in served]
         if ids and self.model not in ids:
             shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
@@ -371,7 +379,9 @@ class OpenAIModel:
         if stops:
             payload["stop"] = stops[:4] if self.server == "openai" else stops  # OpenAI takes 4; the rest cut here
         if self.chat:
-            payload["messages"] = [{"role": "user", "content": request.prompt}]
+            payload["messages"] = _chat_messages(request)
+            if payload["messages"][-1]["role"] == "assistant":  # an answer prefix: continue it (vLLM's names)
+                payload.update(continue_final_message=True, add_generation_prompt=False)
         else:
             payload["prompt"] = request.prompt
         started = time.perf_counter()
@@ -390,11 +400,10 @@ class OpenAIModel:
 
     def _choice(self, choice: dict, stops: list[str]) -> Response:
         text = (choice.get("message") or {}).get("content") if self.chat else choice.get("text")
-        text = text or ""
-        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+        text, cut = cut_text(text or "", stops)
         reason = choice.get("finish_reason")
-        if cut >= 0:  # a server that kept the stop string, or one of OpenAI's stops past the fourth
-            text, reason = text[:cut], "stop"
+        if cut:  # a server that kept the stop string, or one of OpenAI's stops past the fourth
+            reason = "stop"
         elif reason == "stop" and "stop_reason" in choice and not isinstance(choice["stop_reason"], str):
             reason = "eos"  # vLLM and evalkit serve tell EOS (stop_reason null or a token id) from stop strings
         elif reason not in ("stop", "length"):
@@ -483,7 +492,7 @@ class OpenAIModel:
         )
 
     def _unsupported(self, feature: str, fix: str | None = None) -> EvalkitError:
-        fix = fix or "use a server that does (vLLM, llama.cpp, evalkit serve) or --backend hf"
+        fix = fix or "use a server that does (vLLM, llama.cpp, evalkit serve) or backend='hf'"
         return EvalkitError(f"the server at {self.base_url} ({self.model}) does not support {feature}; {fix}")
 
 
@@ -504,6 +513,13 @@ def _error_message(reply: requests.Response) -> str:
         message = reply.text
     text = " ".join(str(message).split())
     return text[:300] or reply.reason
+
+
+def _chat_messages(request: Generate) -> list[dict[str, str]]:
+    """The turns a chat-templated request was rendered from; a plain prompt becomes one user message."""
+    if request.messages:
+        return [{"role": role, "content": content} for role, content in request.messages]
+    return [{"role": "user", "content": request.prompt}]
 
 
 def _retry_after(value: str | None) -> float | None:

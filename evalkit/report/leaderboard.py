@@ -39,10 +39,11 @@ class Cell:
 
 @dataclass
 class Row:
-    """An overview row: one (model, backend, decoding); scoring tasks show the loglikelihood cell.
+    """An overview row: one (model, backend, prompt format, decoding); scoring tasks show the loglikelihood cell.
 
     ``runs`` holds more than one run folder when a model was evaluated task by
-    task in separate invocations (same model and backend, no task in common).
+    task in separate invocations (same model, backend and prompt format, no
+    task in common).
     """
 
     runs: list[int]
@@ -172,12 +173,12 @@ def _paired_pvalues(best: np.ndarray, others: np.ndarray, resamples: int, seed: 
 
 
 def _row_groups(runs: list[Run]) -> list[list[int]]:
-    """Runs that share rows: same model and backend and disjoint task sets; otherwise a run stands alone."""
+    """Runs that share rows: same model, backend and prompt format, and disjoint task sets; otherwise a run stands alone."""
     groups: list[list[int]] = []
     for i, run in enumerate(runs):
         for group in groups:
             first = runs[group[0]]
-            if (first.model, first.backend) == (run.model, run.backend) and all(
+            if (first.model, first.backend, first.prompt_key) == (run.model, run.backend, run.prompt_key) and all(
                 not set(runs[j].results) & set(run.results) for j in group
             ):
                 group.append(i)

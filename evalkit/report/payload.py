@@ -48,6 +48,7 @@ def sample_payload(board: Leaderboard) -> dict:
                 if sample.doc_id not in order:
                     order[sample.doc_id] = len(docs)
                     docs.append([table.add(sample.doc_id), table.add(sample.prompt), table.add(sample.reference)])
+        prompts = [table.strings[d[1]] if d[1] >= 0 else "" for d in docs]
         columns = []
         for cell in task.cells:
             if not cell.samples:
@@ -59,7 +60,10 @@ def sample_payload(board: Leaderboard) -> dict:
             for sample in cell.samples:
                 position = order[sample.doc_id]
                 outputs[position] = table.add(sample.output)
-                other[position] = [table.add(text) for pair in sample.other.items() for text in pair] or None
+                fields = dict(sample.other)
+                if sample.prompt != prompts[position]:  # another prompt format: this run's own prompt goes with it
+                    fields = {"prompt": sample.prompt, **fields}
+                other[position] = [table.add(text) for pair in fields.items() for text in pair] or None
                 for metric, value in sample.scores.items():
                     scores.setdefault(metric, [None] * len(docs))[position] = float(f"{value:.6g}")
             columns.append(
@@ -67,6 +71,7 @@ def sample_payload(board: Leaderboard) -> dict:
                     "run": run.name,
                     "model": run.model,
                     "backend": run.backend,
+                    "prompt": run.prompt_label,
                     "decoding": cell.label,
                     "outputs": outputs,
                     "other": other,

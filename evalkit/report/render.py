@@ -67,7 +67,8 @@ def decoding_plots(board: Leaderboard, task: TaskSection) -> list[Plot]:
             y = cell.values.get(task.headline)
             if stats.is_finite(x) and stats.is_finite(y):
                 run = board.runs[cell.run]
-                series.setdefault(f"{run.model} ({run.backend}) {run.name}", []).append((cell.label, float(x), float(y)))
+                name = f"{run.model} ({run.backend}, {run.prompt_label}) {run.name}"
+                series.setdefault(name, []).append((cell.label, float(x), float(y)))
         if series:
             plots.append(
                 scatter(

@@ -39,6 +39,38 @@ class Run:
     def cells(self) -> list[tuple[str, str]]:
         return [(task, label) for task, by_label in self.results.items() for label in by_label]
 
+    @property
+    def prompt(self) -> dict[str, Any]:
+        """How the run built its prompts (``meta.prompt``); a run from before chat templates existed was plain."""
+        prompt = self.meta.get("prompt")
+        return prompt if isinstance(prompt, dict) else {}
+
+    @property
+    def prompt_key(self) -> tuple:
+        """What makes two runs' prompts differ: runs of one model and backend share rows only when it is equal."""
+        p = self.prompt
+        chat = bool(p.get("chat_template"))
+        return (chat, p.get("chat_template_source") if chat else None, p.get("chat_template_sha256") if chat else None,
+                p.get("system_instruction") or None, bool(p.get("fewshot_as_multiturn")))  # "" adds no system turn
+
+    @property
+    def prompt_label(self) -> str:
+        """The prompt format in a few words, e.g. ``chat template (tokenizer, sha256 872be49d…) · system: "Be brief."``."""
+        chat, source, sha, system, multiturn = self.prompt_key
+        if chat:
+            source = str(source or "source unknown")
+            if source.startswith("file:"):  # the file's name here; the metadata section has the whole path
+                source = "file:" + Path(source[len("file:"):]).name
+            parts = [f"chat template ({source}{f', sha256 {str(sha)[:8]}…' if sha else ''})"]
+        else:
+            parts = ["plain prompt"]
+        if system is not None:
+            text = " ".join(str(system).split())
+            parts.append(f'system: "{text[:60]}{"…" if len(text) > 60 else ""}"')
+        if multiturn:
+            parts.append("few-shot as multi-turn")
+        return " · ".join(parts)
+
 
 def expand_run_dirs(paths: list[Path]) -> list[Path]:
     """Run folders as given, or the run folders one level inside a parent folder, in sorted order."""

@@ -19,7 +19,7 @@ HEADLINE_PREFERENCE = (
 
 
 def higher_is_better(metric: str) -> bool:
-    name = metric.lower()
+    name = metric.lower().partition(",")[0]  # "ter,my-filter": a filter pipeline's row keeps its metric's direction
     return not any(name == key or name.startswith(key + "_") or name.endswith("_" + key) or f"_{key}_" in name
                    for key in LOWER_IS_BETTER)
 

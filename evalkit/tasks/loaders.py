@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, check_utf8, not_utf8
 from evalkit.hub import hub_reachable
 from evalkit.tasks.spec import DatasetSpec, HubSpec, TaskSpec
 from evalkit.tasks.templates import evaluate
@@ -52,21 +52,32 @@ def split_wikitext_articles(text: str, field: str = "page") -> list[dict]:
     return [{field: "".join(lines)} for lines in docs]
 
 
+def _read_utf8(path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 is reported with the file, the line and the byte offset."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
 def read_jsonl(path: Path) -> list[dict]:
     docs = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    docs.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise EvalkitError(f"{path}: line {number} is not valid JSON ({err.msg}); fix the file") from None
+    try:
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        docs.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise EvalkitError(f"{path}: line {number} is not valid JSON ({err.msg}); fix the file") from None
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     return docs
 
 
 def read_json(path: Path) -> list[dict]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_utf8(path))
     except json.JSONDecodeError as err:
         raise EvalkitError(f"{path}: not valid JSON ({err.msg}); fix the file or use .jsonl") from None
     if not isinstance(data, list):
@@ -75,8 +86,11 @@ def read_json(path: Path) -> list[dict]:
 
 
 def read_csv(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
 
 
 def read_parquet(path: Path) -> list[dict]:
@@ -87,7 +101,7 @@ def read_parquet(path: Path) -> list[dict]:
 
 def read_txt(path: Path, documents: str = "lines", field: str = "text") -> list[dict]:
     """One document per non-empty line, or WikiText articles (``documents="wikitext_articles"``)."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     if documents == "wikitext_articles":
         return split_wikitext_articles(text, field)
     return [{field: line} for line in text.splitlines() if line.strip()]
@@ -108,6 +122,8 @@ def read_with_datasets(path: Path, fmt: str) -> list[dict]:
     """Local files through Hugging Face ``datasets`` (its json/csv/parquet/text builders)."""
     import datasets
 
+    if fmt != "parquet":
+        check_utf8(path)  # datasets would report a bad byte as a generic generation error
     try:
         return list(datasets.load_dataset(_DATASETS_BUILDERS[fmt], data_files=str(path), split="train"))
     except Exception as err:  # datasets raises many types; the user needs the file and the reason
@@ -125,7 +141,7 @@ def read_file(path: Path, dataset: DatasetSpec) -> list[dict]:
 
 def read_columns(paths: dict[str, Path]) -> list[dict]:
     """Line-aligned text files as fields: line i of every file is document i (WMT src/ref files)."""
-    columns = {name: path.read_text(encoding="utf-8").split("\n") for name, path in paths.items()}
+    columns = {name: _read_utf8(path).split("\n") for name, path in paths.items()}
     for name, lines in columns.items():
         if lines and lines[-1] == "":
             lines.pop()
@@ -171,7 +187,7 @@ class DataSource:
     def _missing_error(self, missing: str, hub_failure: str = "") -> EvalkitError:
         ds = self.spec.dataset
         where = f"in {self.data_dir}" if self.data_dir else "(no data dir given)"
-        fix = f"pass --data-dir DIR or set {DATA_ENV} to the folder that holds {missing}"
+        fix = f"pass data_dir=DIR or set {DATA_ENV} to the folder that holds {missing}"
         if ds.hub:
             fix += f", or run with network access so the hub dataset {ds.hub.path} is used"
         if ds.homepage:
@@ -179,10 +195,14 @@ class DataSource:
         return EvalkitError(f"task {self.spec.name!r}: data file {missing} not found {where}{hub_failure}; fix: {fix}")
 
     def check(self) -> None:
-        """Fail now, before any model loads, when the data cannot possibly be found."""
+        """Fail now, before any model loads, when the data cannot possibly be found or is not UTF-8 text."""
         missing = self.missing()
         if missing and not self.spec.dataset.hub:
             raise self._missing_error(missing[0])
+        if not missing:
+            for _, path in self._local_paths().values():
+                if "parquet" not in (self.spec.dataset.format, path.suffix.lower().lstrip(".")):
+                    check_utf8(path)  # a few ms per MB; a bad byte found after the model loaded would waste the load
 
     def documents(self) -> list[dict]:
         ds = self.spec.dataset

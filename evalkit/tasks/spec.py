@@ -16,13 +16,14 @@ from typing import Any
 import yaml
 
 from evalkit.errors import EvalkitError
-from evalkit.tasks.filters import OutputFilter, build_filter
+from evalkit.tasks.filters import OutputFilter, build_filter, build_filter_list
 from evalkit.tasks.templates import check_expression, check_template
 
 OUTPUT_TYPES = ("loglikelihood_rolling", "multiple_choice", "generate_until")
 MULTIPLE_CHOICE_METRICS = ("acc", "acc_norm")
 DATA_FORMATS = ("jsonl", "json", "csv", "parquet", "txt")
 TXT_DOCUMENTS = ("lines", "wikitext_articles")
+FEWSHOT_SAMPLERS = ("random", "first_n")
 
 
 @dataclass
@@ -65,13 +66,16 @@ class DatasetSpec:
 class FewshotSpec:
     """k examples before each item; drawn per item with a seeded RNG, the item itself excluded.
 
-    The pool is the evaluated documents unless ``path`` (a local file, like
+    ``sampler`` is ``random`` (seeded per item) or ``first_n`` (the pool's
+    first examples, in order, as lm-eval's ``first_n``). The pool is the
+    evaluated documents unless ``path`` (a local file, like
     ``dataset.path``) or ``hub_split`` (a split of the hub dataset) names another.
     """
 
     num: int = 0
     delimiter: str = "\n\n"
     seed: int = 1234
+    sampler: str = "random"
     path: str | None = None
     hub_split: str | None = None
 
@@ -95,7 +99,8 @@ class TaskSpec:
     ``doc_to_text`` and ``doc_to_target`` are Jinja2 templates (text);
     ``doc_to_choice``, ``gold`` and ``reference`` are Jinja2 expressions
     (Python values: a list of choices, a gold index, a reference string or a
-    list of references).
+    list of references). ``gen_prefix`` (a template) starts the answer, e.g.
+    "The answer is": the model continues it (lm-eval's ``gen_prefix``).
     """
 
     name: str
@@ -109,13 +114,25 @@ class TaskSpec:
     gold: str | None = None
     reference: str | None = None
     target_delimiter: str = " "
+    gen_prefix: str | None = None
     fewshot: FewshotSpec = field(default_factory=FewshotSpec)
     generation: GenerationSpec = field(default_factory=GenerationSpec)
     filter: list[Any] = field(default_factory=list)
+    filter_list: list[Any] | None = None
     source_file: Path | None = None
 
     def output_filter(self) -> OutputFilter:
         return build_filter(self.filter or None, f"task {self.name!r}")
+
+    def output_filters(self) -> dict[str | None, OutputFilter]:
+        """Every pipeline by name: ``filter_list``'s named ones, else ``{None: output_filter()}``.
+
+        ``None`` marks the single unnamed filter, whose metric names stay plain
+        (``exact_match``); named pipelines give ``exact_match,NAME`` as lm-eval does.
+        """
+        if self.filter_list is not None:
+            return build_filter_list(self.filter_list, f"task {self.name!r}")
+        return {None: self.output_filter()}
 
 
 def _known_metrics() -> set[str] | None:
@@ -201,8 +218,11 @@ def _validate(spec: TaskSpec, where: str) -> None:
         raise EvalkitError(f"{where}: field 'dataset.txt_documents' is {ds.txt_documents!r}; use one of {', '.join(TXT_DOCUMENTS)}")
 
     check_template(spec.doc_to_text, f"{where}: field 'doc_to_text'")
-    if spec.doc_to_target is not None:
-        check_template(spec.doc_to_target, f"{where}: field 'doc_to_target'")
+    for name in ("doc_to_target", "gen_prefix"):
+        if getattr(spec, name) is not None:
+            if not isinstance(getattr(spec, name), str):
+                raise EvalkitError(f"{where}: field {name!r} must be a text template")
+            check_template(getattr(spec, name), f"{where}: field {name!r}")
     for name in ("doc_to_choice", "gold", "reference"):
         if getattr(spec, name) is not None:
             check_expression(getattr(spec, name), f"{where}: field {name!r}")
@@ -228,13 +248,27 @@ def _validate(spec: TaskSpec, where: str) -> None:
             )
     if spec.output_type == "generate_until" and spec.reference is None and spec.doc_to_target is None:
         raise EvalkitError(f"{where}: generate_until tasks need 'reference' or 'doc_to_target'; add one")
+    if spec.fewshot.sampler not in FEWSHOT_SAMPLERS:
+        raise EvalkitError(f"{where}: field 'fewshot.sampler' is {spec.fewshot.sampler!r}; use one of {', '.join(FEWSHOT_SAMPLERS)}")
     if not isinstance(spec.fewshot.num, int) or spec.fewshot.num < 0:
         raise EvalkitError(f"{where}: field 'fewshot.num' must be a non-negative integer")
     if spec.fewshot.num and spec.doc_to_target is None and spec.output_type != "multiple_choice":
         raise EvalkitError(f"{where}: few-shot examples need 'doc_to_target' for their answers; add it")
     if not isinstance(spec.generation.max_new_tokens, int) or spec.generation.max_new_tokens < 1:
         raise EvalkitError(f"{where}: field 'generation.max_new_tokens' must be a positive integer")
-    spec.output_filter()  # compile now so bad patterns fail before any data is read
+    _validate_filters(spec, where)
+
+
+def _validate_filters(spec: TaskSpec, where: str) -> None:
+    """Compile the filters now, naming the file, so bad patterns fail before any data is read."""
+    if spec.filter_list is None:
+        build_filter(spec.filter or None, where)
+        return
+    if spec.filter:
+        raise EvalkitError(f"{where}: 'filter' and 'filter_list' are both given; keep one (move the 'filter' steps into a named 'filter_list' pipeline)")
+    if spec.output_type != "generate_until":
+        raise EvalkitError(f"{where}: 'filter_list' applies to generate_until tasks only; remove it")
+    build_filter_list(spec.filter_list, where)
 
 
 def load_spec(path: str | Path) -> TaskSpec:

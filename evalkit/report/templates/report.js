@@ -79,7 +79,7 @@
   const state = { task: null, shown: [], matches: [], page: 0 };
 
   function columnName(column) {
-    return column.model + " · " + column.backend + " · " + column.decoding + " (" + column.run + ")";
+    return column.model + " · " + column.backend + " · " + column.prompt + " · " + column.decoding + " (" + column.run + ")";
   }
 
   function selectTask(index) {
