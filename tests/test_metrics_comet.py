@@ -4,8 +4,14 @@ Unbabel/wmt22-comet-da)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -52,7 +58,9 @@ def test_equal_to_comet_predict(checkpoint, segments):
     assert ours.per_sample == pytest.approx(expected.scores, abs=1e-6)
     assert ours.score == pytest.approx(expected.system_score, abs=1e-6)
     assert ours.ci[0] <= ours.score <= ours.ci[1]
-    assert "model:local:comet-minilm" in ours.signature and "batch:8" in ours.signature
+    ckpt_hash = hashlib.sha256((checkpoint / "checkpoints" / "model.ckpt").read_bytes()).hexdigest()[:12]
+    assert f"model:local:regression_metric/BERT@{ckpt_hash}|" in ours.signature and "batch:8" in ours.signature
+    assert f"version:{metadata.version('unbabel-comet')}" in ours.signature
 
 
 def test_checkpoint_loaded_once_and_sources_required(checkpoint, segments):
@@ -74,3 +82,38 @@ def test_gpu_scores_match_cpu(checkpoint, segments):
     cpu = get_metric("comet", model=str(checkpoint), device="cpu").compute(hyps, refs, sources)
     gpu = get_metric("comet", model=str(checkpoint), device="cuda").compute(hyps, refs, sources)
     assert gpu.per_sample == pytest.approx(cpu.per_sample, abs=1e-4)
+
+
+def test_folder_named_like_the_hub_model_is_recorded_by_content(checkpoint, tmp_path):
+    """A local folder called wmt22-comet-da is not Unbabel/wmt22-comet-da: its identity is the class, encoder and .ckpt hash."""
+    renamed = tmp_path / "wmt22-comet-da"
+    shutil.copytree(checkpoint, renamed)
+    ckpt_hash = hashlib.sha256((checkpoint / "checkpoints" / "model.ckpt").read_bytes()).hexdigest()[:12]
+    for model in (renamed, checkpoint, renamed / "checkpoints" / "model.ckpt"):
+        signature = get_metric("comet", model=str(model)).signature()
+        assert signature.startswith(f"comet|model:local:regression_metric/BERT@{ckpt_hash}|")
+        assert "wmt22" not in signature
+
+
+LIBRARY_NOISE = ("GPU available", "TPU available", "Tip:", "Encoder model frozen", "LeafSpec", "pkg_resources")
+
+
+def test_cli_scores_eight_systems_without_library_noise_unless_verbose(checkpoint, segments, tmp_path):
+    """`evalkit score` over 8 systems prints only its own tables; `--verbose` shows Lightning's banners. (A subprocess:
+    inside pytest Lightning's log records go to pytest's handlers, not to the terminal.)"""
+    sources, hyps, refs = segments
+    rows = [{"system": f"sys{k}", "source": s, "hypothesis": hyps[(i + k) % len(hyps)], "reference": r}
+            for k in range(8) for i, (s, r) in enumerate(zip(sources[:2], refs[:2]))]
+    data = tmp_path / "outputs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    command = [sys.executable, "-m", "evalkit", "score", "--jsonl", str(data), "--source-field", "source", "--metrics", "comet",
+               "--option", f"comet.model={checkpoint}", "--option", "comet.batch_size=8", "--bootstrap", "20"]
+    env = {k: v for k, v in os.environ.items() if k != "EVALKIT_VERBOSE"}
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "sys7" in quiet.stdout
+    assert not [line for line in (quiet.stdout + quiet.stderr).splitlines() if any(n in line for n in LIBRARY_NOISE)], quiet.stderr
+    assert quiet.stderr.strip() == ""
+    verbose = subprocess.run([*command, "--verbose"], capture_output=True, text=True, timeout=600, env=env)
+    assert verbose.returncode == 0, verbose.stderr
+    assert verbose.stderr.count("GPU available") == 8  # one predict per system

@@ -5,20 +5,27 @@ device) so a training loop that evaluates every few steps does not reload it.
 Scoring follows ``bert_score.score`` step by step with the library's own
 functions; ``bert_cos_score_idf`` deduplicates the sentences and sorts them by
 length before batching, so batches carry little padding.
+
+The signature names the encoder by content (see
+:mod:`evalkit.metrics.artefacts`): a local folder is
+``local:<architecture>@<weights hash>``, never its folder name; a hub id is
+recorded with the commit the cache holds. Versions come from the installed
+packages' metadata.
 """
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from evalkit.errors import EvalkitError
+from evalkit.metrics.artefacts import model_identity
 from evalkit.metrics.corpus import MeanMetric, check_lengths, reference_lists
-from evalkit.metrics.signature import make_signature
+from evalkit.metrics.signature import make_signature, version
+from evalkit.quiet import library_output
 
 _ENCODERS: dict[tuple[str, int, str], tuple[Any, Any]] = {}
 
@@ -36,8 +43,9 @@ def load_encoder(model_type: str, num_layers: int, device: str) -> tuple[Any, An
         from bert_score.utils import get_model, get_tokenizer
 
         try:
-            tokenizer = get_tokenizer(model_type, False)
-            model = get_model(model_type, num_layers, False)
+            with library_output():
+                tokenizer = get_tokenizer(model_type, False)
+                model = get_model(model_type, num_layers, False)
         except OSError as error:
             raise EvalkitError(f"bertscore: cannot load model {model_type!r} ({str(error).splitlines()[0]}); give a hub id or a local model folder") from None
         _ENCODERS[key] = (model.to(device), tokenizer)
@@ -65,7 +73,7 @@ class BERTScore(MeanMetric):
 
         if num_layers is None:
             if model not in model2layers:
-                raise EvalkitError(f"bertscore: model {model!r} has no default layer in bert-score; pass num_layers")
+                raise EvalkitError(f'bertscore: model {model!r} has no default layer in bert-score; pass options["bertscore"]["num_layers"]=N')
             num_layers = model2layers[model]
         self.model = model
         self.num_layers = num_layers
@@ -85,7 +93,7 @@ class BERTScore(MeanMetric):
             os.path.dirname(__import__("bert_score").__file__), f"rescale_baseline/{self.lang}/{self.model}.tsv"
         )
         if not os.path.isfile(path):
-            raise EvalkitError(f"bertscore: no rescaling baseline for {self.model} ({self.lang}) at {path}; pass baseline_path")
+            raise EvalkitError(f'bertscore: no rescaling baseline for {self.model} ({self.lang}) at {path}; pass options["bertscore"]["baseline_path"]=FILE')
         return torch.from_numpy(pd.read_csv(path).iloc[self.num_layers].to_numpy())[1:].float()
 
     def precision_recall_f1(self, predictions, references) -> np.ndarray:
@@ -123,17 +131,13 @@ class BERTScore(MeanMetric):
         return {"precision": float(self._prf[:, 0].mean()), "recall": float(self._prf[:, 1].mean())}
 
     def signature(self) -> str:
-        from bert_score import __version__ as bs_version
-        from transformers import __version__ as tf_version
-
-        model = f"local:{Path(self.model).name}" if Path(self.model).exists() else self.model
         return make_signature(
             self.name,
-            model=model,
+            model=model_identity(self.model),
             layer=self.num_layers,
             idf=self.idf,
             rescaled=("custom" if self.baseline_path else "yes") if self.rescale_with_baseline else False,
             lang=self.lang if self.rescale_with_baseline else None,
-            version=bs_version,
-            transformers=tf_version,
+            version=version("bert-score"),
+            transformers=version("transformers"),
         )

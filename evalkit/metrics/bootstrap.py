@@ -83,6 +83,95 @@ def paired_from_resamples(observed: float, deltas: np.ndarray, confidence: float
     return PairedTest("paired-bootstrap", observed, (extreme + 1) / (len(deltas) + 1), percentile_ci(deltas, confidence), len(deltas))
 
 
+# ---------------------------------------------------------------- sacreBLEU's paired tests, run by sacreBLEU itself
+
+PAIRED_TESTS = ("bootstrap", "sacrebleu", "approximate-randomization")
+SACREBLEU_DEFAULT_SEED = 12345  # sacrebleu.significance: SACREBLEU_SEED, else 12345
+SACREBLEU_AR_TRIALS = 10000  # sacrebleu --paired-ar-n default
+
+
+def sacrebleu_seed() -> int:
+    """The seed `sacrebleu --paired-bs/--paired-ar` would use: $SACREBLEU_SEED, else 12345."""
+    import os
+
+    text = os.environ.get("SACREBLEU_SEED", str(SACREBLEU_DEFAULT_SEED))
+    try:
+        return int(text)
+    except ValueError:
+        raise EvalkitError(f"SACREBLEU_SEED={text!r}: evalkit needs an integer seed to reproduce sacrebleu's tests; pass --seed") from None
+
+
+class _Score:
+    def __init__(self, score: float) -> None:
+        self.score = score
+
+
+class SacrebleuStatsView:
+    """Presents evalkit's per-segment statistics to sacrebleu.significance's test functions.
+
+    sacrebleu's ``_paired_bs_test`` / ``_paired_ar_test`` take a metric object
+    and call its ``_extract_corpus_statistics`` on the "hypotheses"; this view
+    is given the statistics in place of the hypotheses and hands them back, so
+    sacrebleu's own resampling, scoring and p-value code runs unchanged. For
+    BLEU, chrF and TER the scores come from the sacrebleu metric object inside
+    evalkit's metric (statistics as the integers sacrebleu extracted, so the
+    arithmetic is bit-identical); any other metric is scored by its own
+    ``score_from_totals`` on the summed statistics.
+    """
+
+    def __init__(self, metric: CorpusMetric) -> None:
+        from evalkit.metrics.translation import SacreMetric
+
+        self.metric = metric
+        self.sacre = metric._metric if isinstance(metric, SacreMetric) and metric._metric is not None else None
+
+    def statistics(self, stats: np.ndarray) -> list[list[int | float]]:
+        """Rows as sacrebleu's ``_extract_corpus_statistics`` returns them (integral counts as ``int``)."""
+        return [[int(x) if float(x).is_integer() else x for x in row] for row in np.asarray(stats, dtype=np.float64).tolist()]
+
+    def _extract_corpus_statistics(self, hypotheses, references):  # noqa: ARG002 - sacrebleu's signature
+        return hypotheses
+
+    def _aggregate_and_compute(self, stats):
+        if self.sacre is not None:
+            return self.sacre._aggregate_and_compute(stats)
+        return _Score(float(self.metric.score_from_totals(np.asarray(stats, dtype=np.float64).sum(axis=0))))
+
+    def _compute_score_from_stats(self, totals):
+        if self.sacre is not None:
+            return self.sacre._compute_score_from_stats(totals)
+        return _Score(float(self.metric.score_from_totals(np.asarray(totals, dtype=np.float64))))
+
+
+def sacrebleu_paired(
+    metric: CorpusMetric, stats_a: np.ndarray, stats_b: np.ndarray, kind: str = "bs", n_samples: int | None = None, seed: int | None = None
+) -> PairedTest:
+    """sacreBLEU's paired test of A (its baseline) against B, run by sacrebleu.significance on evalkit's statistics.
+
+    ``kind="bs"``: `sacrebleu --paired-bs` (Koehn 2004 paired bootstrap as sacrebleu
+    implements it); ``kind="ar"``: `sacrebleu --paired-ar` (approximate
+    randomization). ``n_samples`` defaults to sacrebleu's (1000 resamples, 10000
+    trials) and ``seed`` to $SACREBLEU_SEED or 12345, so the p-value equals the
+    one sacrebleu prints for B with A as the baseline (the test is symmetric in
+    A and B). ``delta`` is score(A) - score(B); there is no interval.
+    """
+    from sacrebleu.significance import Result, _paired_ar_test, _paired_bs_test
+
+    _check_paired(stats_a, stats_b)
+    if kind not in ("bs", "ar"):
+        raise EvalkitError(f"sacrebleu paired test: kind must be 'bs' or 'ar', got {kind!r}")
+    n_samples = n_samples or (SACREBLEU_AR_TRIALS if kind == "ar" else 1000)
+    seed = sacrebleu_seed() if seed is None else seed
+    view = SacrebleuStatsView(metric)
+    a, b = view.statistics(stats_a), view.statistics(stats_b)
+    baseline = view._aggregate_and_compute(a)
+    test = _paired_ar_test if kind == "ar" else _paired_bs_test
+    _, results = test({"m": (a, Result(baseline.score))}, "b", b, None, {"m": view}, n_samples, -1, seed)
+    result = results["m"]
+    method = "sacrebleu-paired-ar" if kind == "ar" else "sacrebleu-paired-bs"
+    return PairedTest(method, float(baseline.score - result.score), float(result.p_value), None, n_samples)
+
+
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> PairedTest:
     """Exact McNemar test on 0/1 correctness: a binomial test on the discordant items."""
     from scipy.stats import binomtest

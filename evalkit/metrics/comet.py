@@ -3,6 +3,12 @@
 The checkpoint is loaded once per process (cache keyed by checkpoint and
 device) and scored with comet's own batched ``predict`` on the GPU when one
 is present; the system score is the mean of the segment scores.
+
+The signature names the model by content: a local checkpoint is
+``local:<class>/<encoder>@<hash of its .ckpt>`` (so a folder called
+``wmt22-comet-da`` does not pass for the hub model), a hub id is recorded with
+the commit the cache holds. Lightning's banners and comet's own log lines are
+kept off the terminal unless ``evalkit --verbose`` (see :mod:`evalkit.quiet`).
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.errors import EvalkitError
+from evalkit.metrics.artefacts import comet_identity, hub_identity, hub_revision, is_local
 from evalkit.metrics.corpus import MeanMetric, check_lengths, reference_lists
 from evalkit.metrics.signature import make_signature, version
+from evalkit.quiet import library_output
 
 _MODELS: dict[tuple[str, str], Any] = {}
 
@@ -27,10 +35,13 @@ def resolve_checkpoint(model: str) -> Path:
         if not found:
             raise EvalkitError(f"comet: {path} has no checkpoints/*.ckpt; give a comet checkpoint folder or a hub id")
         return found[0]
-    from comet import download_model
-
+    with library_output():
+        from comet import download_model
     try:
-        return Path(download_model(model))
+        if hub_revision(model) is None:  # a first download shows its progress; a cached one prints nothing
+            return Path(download_model(model))
+        with library_output():
+            return Path(download_model(model))
     except KeyError:
         raise EvalkitError(f"comet: cannot find {model!r} locally or on the hub; give a checkpoint folder or e.g. Unbabel/wmt22-comet-da") from None
 
@@ -38,9 +49,11 @@ def resolve_checkpoint(model: str) -> Path:
 def load_comet(model: str, device: str) -> Any:
     key = (model, device)
     if key not in _MODELS:
-        from comet import load_from_checkpoint
+        checkpoint = resolve_checkpoint(model)
+        with library_output():
+            from comet import load_from_checkpoint
 
-        comet_model = load_from_checkpoint(str(resolve_checkpoint(model)))
+            comet_model = load_from_checkpoint(str(checkpoint))
         comet_model.eval()
         _MODELS[key] = comet_model
     return _MODELS[key]
@@ -71,11 +84,12 @@ class COMET(MeanMetric):
         device = self._device()
         model = load_comet(self.model, device)
         data = [{"src": s, "mt": p, "ref": r[0]} for s, p, r in zip(sources, predictions, refs)]
-        output = model.predict(
-            data, batch_size=self.batch_size, gpus=1 if device.startswith("cuda") else 0, progress_bar=False
-        )
+        with library_output():
+            output = model.predict(
+                data, batch_size=self.batch_size, gpus=1 if device.startswith("cuda") else 0, progress_bar=False
+            )
         return [float(x) for x in output.scores]
 
     def signature(self) -> str:
-        model = f"local:{Path(self.model).name}" if Path(self.model).exists() else self.model
+        model = comet_identity(resolve_checkpoint(self.model)) if is_local(self.model) else hub_identity(self.model)
         return make_signature(self.name, model=model, refs="first", batch=self.batch_size, version=version("unbabel-comet"), torch=version("torch"))
