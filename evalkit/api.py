@@ -52,6 +52,9 @@ def evaluate(
     every: int | None = None,
     step: int | None = None,
     distributed: bool | None = None,
+    apply_chat_template: bool | str = False,
+    system_instruction: str | None = None,
+    fewshot_as_multiturn: bool = False,
 ) -> dict:
     """Evaluate ``model`` on ``tasks`` under every ``decoding`` strategy; return the results.json structure.
 
@@ -67,6 +70,14 @@ def evaluate(
     only when ``s % N == 0`` and returns ``{}`` otherwise, touching nothing.
     A live model is never cached on disk (its weights change between calls).
 
+    Chat models: ``apply_chat_template=True`` renders every prompt with the
+    model's own chat template (a string: a Jinja file's path, or the name of
+    one of the tokenizer's templates), as lm-evaluation-harness's option of the
+    same name; ``system_instruction`` opens each conversation (also without a
+    template, as plain text before the prompt, as lm-eval does);
+    ``fewshot_as_multiturn=True`` makes each few-shot example a user turn and
+    an assistant turn. See :mod:`evalkit.tasks.chat`.
+
     ``distributed``: None shards the requests across the ranks of a
     torch.distributed job when there is one (``torchrun``, or an initialised
     process group); every rank must then call evaluate(). Pass False when only
@@ -78,14 +89,17 @@ def evaluate(
             raise EvalkitError(f"evaluate(every={every}) needs a positive every and the current step=...")
         if step % every:
             return {}
+    _check_prompt_options(apply_chat_template, system_instruction, fewshot_as_multiturn)
     task_objects = _resolve_tasks(tasks, data_dir)
     decodings = _resolve_decodings(decoding, seed)
     ranks = dist.setup(device) if distributed is not False else dist.SINGLE
     device = dist.local_device(device, ranks)
     with dist.main_first(ranks):
         language_model, model_id = _resolve_model(model, tokenizer, backend, device, dtype, batch_size)
+    fmt = _prompt_format(language_model, task_objects, apply_chat_template, system_instruction, fewshot_as_multiturn)
+    model_id = model_id + fmt.cache_tag() if model_id else model_id
     response_cache = _open_cache(cache) if model_id else None
-    settings = GridSettings(limit=limit, batch_size=batch_size, bootstrap=bootstrap, seed=seed)
+    settings = GridSettings(limit=limit, batch_size=batch_size, bootstrap=bootstrap, seed=seed, prompt_format=fmt)
     config = {
         "model": language_model.name,
         "backend": backend,
@@ -111,7 +125,8 @@ def evaluate(
     finally:
         if response_cache is not None:
             response_cache.close()
-    run = RunResult(model=language_model.name, backend=backend, cells=cells, meta=run_metadata(config, device))
+    meta = {**run_metadata(config, device), "prompt": fmt.meta()}
+    run = RunResult(model=language_model.name, backend=backend, cells=cells, meta=meta)
     if output_dir is not None and ranks.is_main:
         run.write(Path(output_dir))
     results = dist.broadcast(run.to_dict(), ranks)  # rank 0 scored; the others hold no cells
@@ -145,7 +160,7 @@ def _resolve_tasks(tasks: str | Sequence[str], data_dir: str | Path | None) -> l
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     names = [n for n in names if n]
     if not names:
-        raise EvalkitError("no task given: pass --tasks (see `evalkit list tasks`)")
+        raise EvalkitError("no task given: pass tasks=NAMES (see `evalkit list tasks`)")
     data = str(data_dir) if data_dir is not None else None
     key = (tuple(names), data, os.environ.get("EVALKIT_DATA"))
     if key not in _TASKS:
@@ -177,6 +192,60 @@ def _resolve_decodings(decoding: Any, seed: int) -> list[DecodingConfig]:
     if duplicates:
         raise EvalkitError(f"decoding strategy {duplicates[0]!r} is listed twice: give each strategy once")
     return configs
+
+
+def _check_prompt_options(apply_chat_template: bool | str, system_instruction: str | None, multiturn: bool) -> None:
+    """Prompt options that contradict each other or name a broken template file fail before any model loads."""
+    from evalkit.tasks.chat import read_template_file, template_file
+
+    if not isinstance(apply_chat_template, (bool, str)) or apply_chat_template == "":
+        raise EvalkitError("apply_chat_template must be True, False, a Jinja file's path or a template name")
+    if multiturn and apply_chat_template is False:
+        raise EvalkitError("fewshot_as_multiturn=True needs apply_chat_template: few-shot turns exist only in a chat prompt")
+    if system_instruction is not None and not isinstance(system_instruction, str):
+        raise EvalkitError("system_instruction must be a string")
+    path = template_file(apply_chat_template)
+    if path is not None:
+        read_template_file(path)
+
+
+def _prompt_format(
+    model: LanguageModel, tasks: list, apply_chat_template: bool | str, system_instruction: str | None, multiturn: bool
+) -> Any:
+    """How this run's prompts are built, with the chat template resolved against the loaded model.
+
+    An HTTP adapter in chat mode sends messages and the server renders them
+    with its own template; evalkit can then only score generation tasks (a
+    chat endpoint returns no prompt log-probabilities).
+    """
+    from evalkit.tasks.chat import PromptFormat, resolve_template, template_file
+
+    if apply_chat_template is False:
+        return PromptFormat(system_instruction=system_instruction)
+    server_renders = getattr(model, "chat", False) is True and model.tokenizer is None
+    if server_renders:
+        if template_file(apply_chat_template) is not None:
+            raise EvalkitError(
+                f"model {model.name} is a chat endpoint that applies its own template; drop ::chat from the model "
+                "spec to send prompts rendered with the given file to /v1/completions"
+            )
+        scoring = [t.name for t in tasks if t.output_type != "generate_until"]
+        if scoring:
+            raise EvalkitError(
+                f"task {scoring[0]!r} scores log-likelihoods, which a chat endpoint cannot return; run it without "
+                "::chat and with apply_chat_template=PATH to a Jinja file of the model's template"
+            )
+        return PromptFormat(chat=True, system_instruction=system_instruction, fewshot_as_multiturn=multiturn)
+    if model.tokenizer is None and template_file(apply_chat_template) is None:
+        raise EvalkitError(
+            f"model {model.name}: evalkit cannot read the server's chat template; add ::chat to the model spec so "
+            "the server renders it, or pass apply_chat_template=PATH to a Jinja file"
+        )
+    template = resolve_template(apply_chat_template, model.tokenizer, model.name)
+    return PromptFormat(
+        chat=True, chat_template=template, system_instruction=system_instruction,
+        fewshot_as_multiturn=multiturn,
+    )
 
 
 def _resolve_model(

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+from evalkit.cli import main as cli_main
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -50,3 +52,15 @@ class CharTokenizer:
 
     def decode(self, ids, skip_special_tokens=True):
         return "".join(chr(i + 29) for i in ids if i >= 3)
+
+
+def assert_one_line_error(capsys, argv: list[str], *needles: str) -> str:
+    """In-process: exit status 2, one 'error:' line on stderr naming the problem, no traceback."""
+    assert cli_main(argv) == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]

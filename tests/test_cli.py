@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 
-from evalkit.cli import main
+from helpers import assert_one_line_error
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -19,18 +19,6 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
-
-
-def assert_one_line_error(capsys, argv: list[str], *needles: str) -> str:
-    """In-process: exit status 2, one 'error:' line on stderr naming the problem, no traceback."""
-    assert main(argv) == 2
-    stderr = capsys.readouterr().err
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def test_unknown_task(capsys):
@@ -138,3 +126,38 @@ def test_run_demo_writes_results_and_prints_table(tmp_path):
 
     again = run_cli("compare-decoding", str(out))
     assert again.returncode == 0 and "top-p0.9" in again.stdout
+
+
+def test_run_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
+    """CI logs and `| tee`: plain progress lines naming task and strategy, with a final count; model loading announced."""
+    import re
+
+    proc = run_cli(
+        "run", "--model", "smollm2-135m", "--tasks", "demo", "--limit", "2", "--decoding", "greedy,top-p0.9",
+        "--output", str(tmp_path / "run"),
+        env={"EVALKIT_CACHE": str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    assert any(line.startswith("loading smollm2-135m") and ": done in " in line for line in lines), proc.stderr
+    for cell in ("demo-lm [loglikelihood]", "demo-choice [loglikelihood]", "demo-arith [greedy]", "demo-arith [top-p0.9]"):
+        assert f"{cell} 0/2 (0%)" in lines, proc.stderr
+        assert any(re.fullmatch(rf"{re.escape(cell)} 2/2 \(100%\) [\d.]+ it/s in \d+:\d\d", line) for line in lines), proc.stderr
+    assert "\x1b[" not in proc.stderr  # no terminal control codes in a log
+
+
+def test_score_progress_line_per_system_and_metric(tmp_path, capsys):
+    """`evalkit score`: each system x metric says when it starts and how long it took (TER alone can take minutes)."""
+    from evalkit.cli import main as cli_main
+
+    ref = tmp_path / "ref.txt"
+    ref.write_text("the cat sat on the mat\nit is raining today\n")
+    (tmp_path / "sys.a.txt").write_text("the cat sat on a mat\nit rains today\n")
+    (tmp_path / "sys.b.txt").write_text("a cat is on the mat\nit is raining today\n")
+    hyps = [str(tmp_path / "sys.a.txt"), str(tmp_path / "sys.b.txt")]
+    assert cli_main(["score", "--hyp", *hyps, "--ref", str(ref), "--metrics", "bleu,chrf,ter", "--bootstrap", "50"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    for system in ("a", "b"):
+        for metric in ("bleu", "chrf", "ter"):
+            assert f"scoring {system}: {metric} (2 segments) ..." in err, err
+            assert any(line.startswith(f"scoring {system}: {metric} (2 segments): done in ") for line in err), err

@@ -88,7 +88,7 @@ def test_parse_decoding_combinations():
     [
         ("greedy,nucleus", "unknown decoding strategy 'nucleus'"),
         ("top-p", "unknown decoding strategy 'top-p'"),
-        ("", "--decoding is empty"),
+        ("", "decoding='' is empty"),
         ("beam4+temp0.7", "cannot be combined with beam search"),
         ("top-p1.5", "top_p must be in (0, 1]"),
         ("temp0.7+temp0.8", "sets temperature twice"),

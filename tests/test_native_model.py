@@ -196,7 +196,7 @@ def test_cache_estimate_is_printed_and_a_cache_too_big_is_a_clear_error(capsys):
     assert per_token == 2 * config.n_layers * config.n_kv_heads * config.head_dim * 4
     KVCache.allocate(config, 2, 10, torch.float32, torch.device("cpu"))
     assert f"2 rows x 10 tokens x {per_token} B/token" in capsys.readouterr().err
-    with pytest.raises(EvalkitError, match=r"KV cache needs .* GiB .*lower --batch-size"):
+    with pytest.raises(EvalkitError, match=r"KV cache needs .* GiB .*lower batch_size="):
         KVCache.allocate(config, 10**6, 10**6, torch.float32, torch.device("cpu"))
 
 

@@ -72,7 +72,7 @@ def test_folder_without_config_is_an_error(tmp_path):
 
 
 def test_backends(monkeypatch):
-    with pytest.raises(EvalkitError, match="--dtype does not apply to --backend openai"):
+    with pytest.raises(EvalkitError, match="dtype='float16' does not apply to backend='openai'"):
         load_model("http://127.0.0.1:9/v1::smollm2", backend="openai", dtype="float16")
     with pytest.raises(EvalkitError, match="unknown backend 'vllm'"):
         load_model("smollm2-135m", backend="vllm")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import evalkit
 from helpers import cached_rows
 
-LIMIT = 16  # 16 hellaswag items = 64 loglikelihood requests = two cached chunks, plus 16 generations
+LIMIT = 16  # 16 hellaswag items = 64 loglikelihood requests, cached as they finish, plus 16 generations
 
 
 def run_args(data_dir: Path, output: Path) -> list[str]:
@@ -69,6 +70,10 @@ def test_interrupted_run_resumes_to_identical_results(sig, tmp_path, data_dir, u
         assert proc.returncode == -signal.SIGKILL
     done_before = cached_rows(cache_file)
     assert 0 < done_before < 4 * LIMIT, "the kill must land mid-run"
+    if sig == signal.SIGINT:  # Ctrl-C caches every response the progress reported (a SIGKILL may lose the last second)
+        shown = [int(n) for n in re.findall(rf"^hellaswag \[loglikelihood\] (\d+)/{LIMIT} ", stderr, re.M)]
+        assert shown, f"no plain progress line for hellaswag on stderr:\n{stderr[-2000:]}"
+        assert done_before >= 4 * shown[-1], f"{done_before} cached requests, progress showed {shown[-1]} items of 4"
     assert not (output / "results.json").exists()
 
     resumed = subprocess.run(run_args(data_dir, output), env=env, capture_output=True, text=True, timeout=900)

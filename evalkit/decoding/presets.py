@@ -86,9 +86,9 @@ def parse_decoding(spec: str) -> list[DecodingConfig]:
     """``"greedy,beam4,temp0.7+top-p0.9"`` -> one DecodingConfig per comma-separated strategy."""
     strategies = [s for s in (spec or "").split(",") if s.strip()]
     if not strategies:
-        raise EvalkitError(f"--decoding is empty; give e.g. 'greedy,beam4,top-p0.9' (forms: {VALID_FORMS})")
+        raise EvalkitError(f"decoding={spec!r} is empty; give e.g. 'greedy,beam4,top-p0.9' (forms: {VALID_FORMS})")
     configs = [parse_strategy(s) for s in strategies]
-    _check_unique(configs, "--decoding")
+    _check_unique(configs, f"decoding={spec!r}")
     return configs
 
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from evalkit.decoding.config import DecodingConfig
 from evalkit.decoding.processors import History, process
 from evalkit.decoding.sampling import sample, uniform
+from evalkit.decoding.stops import cut_at_stop
 from evalkit.errors import EvalkitError
 from evalkit.requests import Generate, Response, Timing, request_key
 
@@ -39,6 +40,7 @@ def generate(
     requests: Sequence[Generate],
     config: DecodingConfig,
     batch_size: int = 8,
+    on_done: Callable[[dict[int, Response]], None] | None = None,
 ) -> list[Response]:
     """Generate one Response per request, in request order, under ``config``.
 
@@ -49,6 +51,7 @@ def generate(
     ``Response.timing`` splits the batch's wall time between its requests (evenly for the
     prefill, per step among the rows still running for decoding), so summed over requests it
     is the real cost; a request's timing covers all of its sequences (alternatives carry none).
+    ``on_done({index: response})`` is called with each batch's requests as it finishes.
     """
     if batch_size < 1:
         raise EvalkitError(f"batch_size must be >= 1, got {batch_size}")
@@ -72,6 +75,8 @@ def generate(
         )
         for i, response in zip(chosen, run(batch)):
             responses[i] = response
+        if on_done is not None:
+            on_done({i: responses[i] for i in chosen})
     return responses  # type: ignore[return-value]
 
 
@@ -96,9 +101,7 @@ class _Batch:
 
     def text(self, tokens: list[int], stops: tuple[str, ...]) -> tuple[str, bool]:
         """The decoded output cut before the first stop string, and whether one was found."""
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-        return (text[:cut], True) if cut >= 0 else (text, False)
+        return cut_at_stop(self.tokenizer, tokens, stops)
 
 
 def _encode(tokenizer: Any, prompt: str) -> list[int]:

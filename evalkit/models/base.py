@@ -20,7 +20,17 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class LanguageModel(Protocol):
-    """Every adapter: score and generate, batched, in request order."""
+    """Every adapter: score and generate, batched, in request order.
+
+    A method may also take a keyword ``on_done`` and call it with
+    ``{index: response}`` for the requests that just finished (a batch, a
+    decode step's finished rows), as soon as their responses are final
+    (``index`` into ``requests``; each request once). The runner passes it to
+    methods that declare it, and reports progress and caches responses by it,
+    so progress is smooth and Ctrl-C keeps every finished answer without the
+    runner cutting requests into small, poorly batched calls. Adapters
+    without it are reported per call.
+    """
 
     name: str
     tokenizer: Any

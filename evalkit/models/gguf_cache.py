@@ -23,9 +23,28 @@ import tempfile
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
+from evalkit.progress import step
 
 _PREFIX_BYTES = 16 * 2**20
 _FORMAT = "v1"  # bump when the conversion or the tokenizer normalisation changes
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_file(path: str | os.PathLike) -> None:
+    """Fail in one line, before any conversion, when ``path`` is missing or does not start with the GGUF magic bytes."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise EvalkitError(f"GGUF file {path} does not exist; pass the path of a .gguf file")
+    with open(path, "rb") as handle:
+        head = handle.read(len(GGUF_MAGIC))
+    if head != GGUF_MAGIC:
+        found = "it is empty" if not head else f"it starts with {head!r}"
+        raise EvalkitError(
+            f"{path} is not a GGUF model file ({found}, not the magic bytes b'GGUF'); "
+            "pass a .gguf file from llama.cpp / the hub, a model folder or a hub id"
+        )
 
 
 def cache_root() -> Path:
@@ -63,30 +82,38 @@ def convert_gguf(gguf_path: str | os.PathLike) -> Path:
     import transformers
 
     path = Path(gguf_path).expanduser().resolve()
-    if not path.is_file():
-        raise EvalkitError(f"GGUF file {path} does not exist; pass the path of a .gguf file")
+    check_gguf_file(path)
     target = cached_folder(path)
     if is_converted(path):
         return target
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        kwargs = {"gguf_file": path.name}
-        model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, **kwargs)
-        normalise_gguf_tokenizer(tokenizer, read_gguf_token_metadata(path))
-        tokenizer.vocab_file = None  # else save_pretrained copies the whole GGUF as "tokenizer.model"
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary shared folder
+    with step(f"converting {path.name} to a transformers folder (first use only; {target})"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first: its folder is as good as ours
-            if not is_converted(path):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            kwargs = {"gguf_file": path.name}
+            try:
+                model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, **kwargs)
+                meta = read_gguf_token_metadata(path)
+            except (ValueError, KeyError, OSError) as err:  # a truncated file or an architecture transformers cannot read
+                first = str(err).splitlines()[0] if str(err) else ""
+                raise EvalkitError(
+                    f"{path}: transformers could not load it as a GGUF model ({type(err).__name__}: {first}); "
+                    "check the file is complete and of an architecture transformers supports, or pass a model folder or hub id"
+                ) from None
+            normalise_gguf_tokenizer(tokenizer, meta)
+            tokenizer.vocab_file = None  # else save_pretrained copies the whole GGUF as "tokenizer.model"
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary shared folder
+            try:
+                os.replace(tmp, target)
+            except OSError:  # another process finished first: its folder is as good as ours
+                if not is_converted(path):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

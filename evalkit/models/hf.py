@@ -19,13 +19,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from evalkit.errors import EvalkitError
-from evalkit.models.logprobs import target_logprobs
+from evalkit.models.logprobs import document_groups, target_logprobs
 from evalkit.requests import Generate, Loglikelihood, Response, RollingLoglikelihood, Timing
 
 # lm-evaluation-harness's fallbacks when neither config nor tokenizer states a context length.
@@ -33,6 +33,7 @@ _DEFAULT_MAX_LENGTH = 2048
 _TOKENIZER_INFINITY = 1000000000000000019884624838656
 
 TokenPair = tuple[list[int], list[int]]
+OnDone = Callable[[dict[int, Response]], None]  # requests just finished: index in the call -> final response
 
 
 def resolve_max_length(config: Any, tokenizer: Any) -> int:
@@ -166,31 +167,48 @@ class HFModel:
 
     # ------------------------------------------------------------------ LanguageModel
 
-    def loglikelihood(self, requests: Sequence[Loglikelihood]) -> list[Response]:
-        return self.score_tokens([self.encode_pair(r.context, r.continuation) for r in requests])
+    # ``on_done({index: response})``, where a method takes it, is called with the requests that just finished
+    # (a batch, a group of documents) as soon as their responses are final: the runner reports and caches by it.
 
-    def loglikelihood_rolling(self, requests: Sequence[RollingLoglikelihood]) -> list[Response]:
-        """lm-evaluation-harness's rolling protocol: prefix token, ``max_length`` windows, disjoint by default."""
+    def loglikelihood(self, requests: Sequence[Loglikelihood], on_done: OnDone | None = None) -> list[Response]:
+        return self.score_tokens([self.encode_pair(r.context, r.continuation) for r in requests], on_done)
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingLoglikelihood], on_done: OnDone | None = None) -> list[Response]:
+        """lm-evaluation-harness's rolling protocol: prefix token, ``max_length`` windows, disjoint by default.
+
+        With ``on_done``, documents are scored in groups of at least
+        ``batch_size`` windows (:func:`document_groups`), so they finish one
+        group at a time instead of all at the end.
+        """
         context_len = 1 if self.stride is None else self.max_length - self.stride + 1
         windows: list[TokenPair] = []
         owners: list[int] = []
+        counts = [0] * len(requests)
         for i, request in enumerate(requests):
             tokens = self.encode(request.text)
             for window in get_rolling_token_windows(tokens, self.prefix_token_id, self.max_length, context_len):
                 windows.append(make_disjoint_window(window))
                 owners.append(i)
+                counts[i] += 1
         responses = [Response(logprob=0.0, is_greedy=True) for _ in requests]
-        for owner, scored in zip(owners, self.score_tokens(windows)):
-            merged = responses[owner]
-            merged.logprob += scored.logprob
-            merged.is_greedy = merged.is_greedy and scored.is_greedy
-            merged.token_ids += scored.token_ids
-            merged.token_logprobs += scored.token_logprobs
-            merged.timing.prefill_s += scored.timing.prefill_s
-            merged.timing.prompt_tokens += scored.timing.prompt_tokens
+        groups = document_groups(counts, self.batch_size) if on_done is not None else [range(len(requests))]
+        first = 0
+        for group in groups:  # a document's windows are contiguous, and so are a group's
+            last = first + sum(counts[i] for i in group)
+            for owner, scored in zip(owners[first:last], self.score_tokens(windows[first:last])):
+                merged = responses[owner]
+                merged.logprob += scored.logprob
+                merged.is_greedy = merged.is_greedy and scored.is_greedy
+                merged.token_ids += scored.token_ids
+                merged.token_logprobs += scored.token_logprobs
+                merged.timing.prefill_s += scored.timing.prefill_s
+                merged.timing.prompt_tokens += scored.timing.prompt_tokens
+            first = last
+            if on_done is not None:
+                on_done({i: responses[i] for i in group})
         return responses
 
-    def generate(self, requests: Sequence[Generate], decoding: Any) -> list[Response]:
+    def generate(self, requests: Sequence[Generate], decoding: Any, on_done: OnDone | None = None) -> list[Response]:
         """Run evalkit's shared decoding loop on this model (see :mod:`evalkit.decoding`).
 
         The loop refuses, before any compute, a prompt whose tokens plus its
@@ -200,16 +218,18 @@ class HFModel:
 
         with self.inference():
             return run_decoding(
-                backend=self, tokenizer=self.tokenizer, requests=requests, config=decoding, batch_size=self.batch_size
+                backend=self, tokenizer=self.tokenizer, requests=requests, config=decoding, batch_size=self.batch_size,
+                on_done=on_done,
             )
 
     # ------------------------------------------------------------------ scoring
 
-    def score_tokens(self, pairs: Sequence[TokenPair]) -> list[Response]:
+    def score_tokens(self, pairs: Sequence[TokenPair], on_done: OnDone | None = None) -> list[Response]:
         """Log-probabilities of each pair's continuation given its context, batched, in the input order.
 
         Pairs are sorted longest first (as lm-eval does: the first batch is the
         largest, so memory trouble shows at once, and similar lengths share a batch).
+        ``on_done({index: response})`` is called with each batch's pairs as it finishes.
         """
         wholes = [ctx + cont for ctx, cont in pairs]
         order = sorted(range(len(pairs)), key=lambda i: (-len(wholes[i]), wholes[i]))
@@ -233,6 +253,8 @@ class HFModel:
                         timing=Timing(prefill_s=elapsed * prompt_len / total, prompt_tokens=prompt_len),
                     )
                     offset += len(cont)
+                if on_done is not None:
+                    on_done({i: responses[i] for i in chunk})
         return responses  # type: ignore[return-value]
 
     def batch_logprobs(self, pairs: Sequence[TokenPair]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -458,7 +480,7 @@ def load_hf(
     from evalkit.models.gguf_cache import convert_gguf
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EvalkitError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+        raise EvalkitError(f"device={device!r} requested but CUDA is not available here; use device='cpu'")
     source = Path(path).expanduser()
     if gguf_file is not None:
         source = source / gguf_file

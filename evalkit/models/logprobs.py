@@ -43,3 +43,23 @@ def target_logprobs(
         logprobs[pick] = lp[local, wanted]
         hits[pick] = lp.argmax(dim=-1)[local] == wanted
     return logprobs.cpu(), hits.cpu()
+
+
+def document_groups(windows_per_document: list[int], at_least: int) -> list[range]:
+    """Consecutive documents in groups of at least ``at_least`` windows (the last group may have fewer).
+
+    Rolling loglikelihood batches windows across documents, so a document is
+    done only when its last window is; scored a group at a time, documents
+    finish (are reported and cached) group by group, while every forward call
+    but a group's last stays as full as with all documents at once.
+    """
+    groups: list[range] = []
+    start = count = 0
+    for i, n in enumerate(windows_per_document):
+        count += n
+        if count >= at_least:
+            groups.append(range(start, i + 1))
+            start, count = i + 1, 0
+    if start < len(windows_per_document):
+        groups.append(range(start, len(windows_per_document)))
+    return groups

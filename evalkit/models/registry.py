@@ -18,6 +18,7 @@ from pathlib import Path
 from evalkit.errors import EvalkitError
 from evalkit.hub import hub_reachable as hub_answers
 from evalkit.models.base import LanguageModel
+from evalkit.progress import step
 
 _HUB_TIMEOUT_S = 3.0
 
@@ -97,7 +98,7 @@ def resolve_model_path(name: str) -> str:
     ``pretrained=``, so a benchmark can score the very same weights and
     tokenizer with both harnesses.
     """
-    from evalkit.models.gguf_cache import convert_gguf
+    from evalkit.models.gguf_cache import check_gguf_file, convert_gguf
 
     alias = ALIASES.get(name.lower())
     if alias is not None:
@@ -116,6 +117,7 @@ def resolve_model_path(name: str) -> str:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise _unknown(name, "no such .gguf file")
+        check_gguf_file(path)
         return str(convert_gguf(path))
     if path.suffix == ".safetensors":
         path = path.parent
@@ -143,17 +145,18 @@ def load_model(
         from evalkit.models.openai import load_openai
 
         if dtype is not None:
-            raise EvalkitError("--dtype does not apply to --backend openai: the server chooses its precision")
+            raise EvalkitError(f"dtype={dtype!r} does not apply to backend='openai': the server chooses its precision")
         return load_openai(name, batch_size=batch_size, **kw)
     if backend not in ("hf", "native"):
         raise EvalkitError(f"unknown backend {backend!r}; use hf, native or openai")
-    path = resolve_model_path(name)
-    if backend == "native":
-        try:
-            from evalkit.models.native import load_native
-        except ImportError as err:
-            raise EvalkitError(f"the native backend is not available ({err}); use --backend hf") from err
-        return load_native(path, device=device, dtype=dtype, batch_size=batch_size, name=name, **kw)
-    from evalkit.models.hf import load_hf
+    path = resolve_model_path(name)  # a GGUF file is converted first (its own progress step)
+    with step(f"loading {name} ({backend} backend, {device})"):
+        if backend == "native":
+            try:
+                from evalkit.models.native import load_native
+            except ImportError as err:
+                raise EvalkitError(f"the native backend is not available ({err}); use backend='hf'") from err
+            return load_native(path, device=device, dtype=dtype, batch_size=batch_size, name=name, **kw)
+        from evalkit.models.hf import load_hf
 
-    return load_hf(path, device=device, dtype=dtype, batch_size=batch_size, name=name, **kw)
+        return load_hf(path, device=device, dtype=dtype, batch_size=batch_size, name=name, **kw)

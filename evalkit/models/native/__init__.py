@@ -39,7 +39,7 @@ def load_native(
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EvalkitError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        raise EvalkitError(f"device={device!r} was asked for but torch sees no CUDA device; use device='cpu'")
     if isinstance(dtype, str):
         dtype = _parse_dtype(dtype)
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)

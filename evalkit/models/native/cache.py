@@ -48,7 +48,7 @@ def check_fits(
     if need > 0.9 * free:
         raise EvalkitError(
             f"the KV cache needs {need / 2**30:.2f} GiB ({batch} rows x {max_len} tokens) but only "
-            f"{free / 2**30:.2f} GiB is free on {device}; lower --batch-size or the maximum length"
+            f"{free / 2**30:.2f} GiB is free on {device}; lower batch_size= or the maximum length"
         )
     return need
 

@@ -47,13 +47,13 @@ class NativeConfig:
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise EvalkitError(
                 f"the native backend does not support model_type {model_type!r}; "
-                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (use --backend hf for other architectures)"
+                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (use backend='hf' for other architectures)"
             )
         act = getattr(hf_config, "hidden_act", "silu")
         if act != "silu":
-            raise EvalkitError(f"the native backend needs hidden_act 'silu' (SwiGLU), config has {act!r}; use --backend hf")
+            raise EvalkitError(f"the native backend needs hidden_act 'silu' (SwiGLU), config has {act!r}; use backend='hf'")
         if getattr(hf_config, "partial_rotary_factor", 1.0) != 1.0:
-            raise EvalkitError("the native backend does not support partial_rotary_factor != 1; use --backend hf")
+            raise EvalkitError("the native backend does not support partial_rotary_factor != 1; use backend='hf'")
         n_heads = hf_config.num_attention_heads
         head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // n_heads
         inv_freq, scaling, rope_type = _rope_frequencies(hf_config)
@@ -105,7 +105,7 @@ def _rope_frequencies(hf_config: Any) -> tuple[tuple[float, ...], float, str]:
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise EvalkitError(
             f"the native backend does not support rope_scaling type {rope_type!r}; "
-            f"supported: {', '.join(SUPPORTED_ROPE_TYPES)} (use --backend hf)"
+            f"supported: {', '.join(SUPPORTED_ROPE_TYPES)} (use backend='hf')"
         )
     inv_freq, attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu")
     return tuple(inv_freq.float().tolist()), float(attention_scaling), rope_type

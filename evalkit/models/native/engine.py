@@ -27,13 +27,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from evalkit.decoding.config import DecodingConfig
+from evalkit.decoding.stops import cut_at_stop
 from evalkit.errors import EvalkitError
-from evalkit.models.logprobs import target_logprobs
+from evalkit.models.logprobs import document_groups, target_logprobs
 from evalkit.models.native.cache import KVCache, bytes_per_token
 from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.model import Transformer, can_pack_linears
@@ -45,6 +46,8 @@ from evalkit.requests import Generate, Loglikelihood, Response, RollingLoglikeli
 # few-shot prompt among 18 items beats computing it 18 times even though attention over 2048 columns costs a
 # 135M model about 70% on top of its per-token matmuls; much wider, attention eats the saving.
 _SHARED_TREE_TOKENS = 2048
+
+OnDone = Callable[[dict[int, Response]], None]  # requests just finished: index in the call -> final response
 
 
 @dataclass
@@ -258,34 +261,60 @@ class NativeModel:
 
     # ---------------------------------------------------------------- scoring
 
-    def loglikelihood(self, requests: Sequence[Loglikelihood]) -> list[Response]:
+    # ``on_done({index: response})``, where a method takes it, is called with the requests that just finished
+    # (a forward call's, a decode step's, a group of documents') as soon as their responses are final: the
+    # runner reports and caches by it.
+
+    def loglikelihood(self, requests: Sequence[Loglikelihood], on_done: OnDone | None = None) -> list[Response]:
         pairs = []
         for r in requests:
             ctx, cont = encode_pair(self.tokenizer, r.context, r.continuation)
             pairs.append(truncate_pair(ctx, cont, self.max_length))
-        return [
-            Response(token_ids=cont, token_logprobs=lps, logprob=sum(lps), is_greedy=greedy, timing=timing)
-            for (_, cont), (lps, greedy, timing) in zip(pairs, self._score(pairs))
-        ]
+        out: list[Response | None] = [None] * len(pairs)
 
-    def loglikelihood_rolling(self, requests: Sequence[RollingLoglikelihood]) -> list[Response]:
+        def scored(results: dict[int, tuple[list[float], bool, Timing]]) -> None:
+            for m, (lps, greedy, timing) in results.items():
+                out[m] = Response(token_ids=pairs[m][1], token_logprobs=lps, logprob=sum(lps), is_greedy=greedy, timing=timing)
+            if on_done is not None:
+                on_done({m: out[m] for m in results})
+
+        self._score(pairs, scored)
+        return out  # type: ignore[return-value]
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingLoglikelihood], on_done: OnDone | None = None) -> list[Response]:
+        """With ``on_done``, documents are scored in groups that fill at least one forward call
+        (:func:`document_groups`), so they finish one group at a time instead of all at the end."""
         prefix = prefix_token_id(self.tokenizer)
         windows, owner = [], []
+        counts = [0] * len(requests)
         for i, r in enumerate(requests):
             for w in rolling_windows(tok_encode(self.tokenizer, r.text), prefix, self.max_length, self.stride):
                 windows.append(w)
                 owner.append(i)
+                counts[i] += 1
         out = [Response(logprob=0.0) for _ in requests]
-        for i, (_, cont), (lps, _, timing) in zip(owner, windows, self._score(windows)):
-            out[i].token_ids += cont
-            out[i].token_logprobs += lps
-            out[i].logprob += sum(lps)
-            out[i].timing.prefill_s += timing.prefill_s
-            out[i].timing.prompt_tokens += timing.prompt_tokens
+        per_call = max(1, self.token_budget // self.max_length)  # full windows in one forward call
+        groups = document_groups(counts, per_call) if on_done is not None else [range(len(requests))]
+        first = 0
+        for group in groups:  # a document's windows are contiguous, and so are a group's
+            last = first + sum(counts[i] for i in group)
+            for i, (_, cont), (lps, _, timing) in zip(owner[first:last], windows[first:last], self._score(windows[first:last])):
+                out[i].token_ids += cont
+                out[i].token_logprobs += lps
+                out[i].logprob += sum(lps)
+                out[i].timing.prefill_s += timing.prefill_s
+                out[i].timing.prompt_tokens += timing.prompt_tokens
+            first = last
+            if on_done is not None:
+                on_done({i: out[i] for i in group})
         return out
 
     @torch.inference_mode()
-    def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[list[float], bool, Timing]]:
+    def _score(
+        self,
+        pairs: list[tuple[list[int], list[int]]],
+        scored: Callable[[dict[int, tuple[list[float], bool, Timing]]], None] | None = None,
+    ) -> list[tuple[list[float], bool, Timing]]:
         """Per pair: continuation token logprobs, whether greedy decoding would produce it, timing.
 
         Pairs become prefix trees (:class:`_Segment`): a shared context, or
@@ -294,7 +323,8 @@ class NativeModel:
         reuse of a copied KV cache without the copies. Trees are packed into
         rows (first-fit decreasing, no padding between them) at least
         ``pack_tokens`` long, and rows of similar width into forward calls of
-        about ``token_budget`` tokens.
+        about ``token_budget`` tokens. ``scored({index: result})`` is called
+        with a forward call's pairs as soon as it is done.
         """
         segments = sorted(_Segment.grow(pairs, self.pack_tokens), key=lambda seg: -len(seg.tokens))
         rows: list[list[_Segment]] = []
@@ -314,6 +344,8 @@ class NativeModel:
         while start < len(rows):  # rows come widest first: a call's width is its first row's
             per_call = max(1, self.token_budget // widths[start])
             self._score_rows(rows[start : start + per_call], results)
+            if scored is not None:
+                scored({m: results[m] for row in rows[start : start + per_call] for seg in row for m, _ in seg.members})
             start += per_call
         return results
 
@@ -367,18 +399,18 @@ class NativeModel:
 
     # ---------------------------------------------------------------- generation
 
-    def generate(self, requests: Sequence[Generate], decoding: DecodingConfig) -> list[Response]:
+    def generate(self, requests: Sequence[Generate], decoding: DecodingConfig, on_done: OnDone | None = None) -> list[Response]:
         """Plain greedy: the continuous-batching fast path; any other strategy: the shared decoding loop."""
         if not requests:
             return []
         if not _plain_greedy(decoding):
             from evalkit.decoding import generate as shared_generate
 
-            return shared_generate(self, self.tokenizer, list(requests), decoding, self.batch_size)
-        return self._generate_greedy(list(requests), decoding)
+            return shared_generate(self, self.tokenizer, list(requests), decoding, self.batch_size, on_done=on_done)
+        return self._generate_greedy(list(requests), decoding, on_done)
 
     @torch.inference_mode()
-    def _generate_greedy(self, requests: list[Generate], decoding: DecodingConfig) -> list[Response]:
+    def _generate_greedy(self, requests: list[Generate], decoding: DecodingConfig, on_done: OnDone | None = None) -> list[Response]:
         """Greedy decoding with continuous batching over ``batch_size`` cache rows."""
         budgets = [decoding.max_new_tokens or r.max_new_tokens for r in requests]
         prompts = [list(self.tokenizer.encode(r.prompt)) for r in requests]
@@ -409,10 +441,15 @@ class NativeModel:
                 picked, picks = self._pick(logits, [0] * len(admitted), decoding, eos)
                 last_token[rows] = picked
                 prefill_s = (time.perf_counter() - t0) / len(admitted)
+                done = {}
                 for (row, i), (token, lp) in zip(admitted, picks):
                     stop = tuple(requests[i].stop) + tuple(decoding.stop)
                     slots[row] = _Slot(i, budgets[i], stop, len(prompts[i]), decoding.ignore_eos, prefill_s=prefill_s)
                     self._advance(slots, row, token, lp, out)
+                    if slots[row] is None:
+                        done[i] = out[i]
+                if on_done is not None and done:
+                    on_done(done)
                 continue  # admit more before decoding if rows finished at once
             if not queue and not all(slots) and not self.static_decode:
                 # Nothing left to admit: drop finished rows so they cost nothing more.
@@ -432,10 +469,16 @@ class NativeModel:
             generated = [len(s.tokens) if s else 0 for s in slots]
             last_token, picks = self._pick(logits, generated, decoding, eos)  # finished rows' picks go unused
             share = (time.perf_counter() - t0) / sum(s is not None for s in slots)  # split as the shared loop does
+            done = {}
             for row, (token, lp) in enumerate(picks):
                 if slots[row] is not None:
                     slots[row].decode_s += share
+                    i = slots[row].index
                     self._advance(slots, row, token, lp, out)
+                    if slots[row] is None:
+                        done[i] = out[i]
+            if on_done is not None and done:
+                on_done(done)
         return out  # type: ignore[return-value]
 
     def _pick(
@@ -458,13 +501,10 @@ class NativeModel:
         s = slots[row]
         s.tokens.append(token)
         s.logprobs.append(logprob)
-        text = self.tokenizer.decode(s.tokens, skip_special_tokens=True) if s.stop else None
-        hits = [text.find(stop) for stop in s.stop if stop in text] if s.stop else []
-        if hits:
-            text = text[: min(hits)]
+        text, hit = cut_at_stop(self.tokenizer, s.tokens, s.stop) if s.stop else (None, False)
         if token in self.eos_token_ids and not s.ignore_eos:  # the shared loop's order: EOS, stop, budget
             reason = "eos"
-        elif hits:
+        elif hit:
             reason = "stop"
         elif len(s.tokens) >= s.max_new:
             reason = "length"
