@@ -77,7 +77,7 @@ def duration(seconds: float) -> str:
 def progress_line(description: str, done: float, total: float, rate: float | None, seconds: float, finished: bool = False) -> str:
     """``gsm8k [greedy] 12/50 (24%) 1.30 it/s ETA 0:29``; finished: ``... 50/50 (100%) 1.30 it/s in 0:38``."""
     percent = 100 * done / total if total else 100.0
-    text = f"{description} {int(done)}/{int(total)} ({percent:.0f}%)"
+    text = f"{description} {int(done + 1e-6)}/{int(total)} ({percent:.0f}%)"  # fractions of items add up to a hair under
     if rate:
         text += f" {rate:.2f} it/s" if rate < 100 else f" {rate:.0f} it/s"
     if finished:
