@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, not_utf8
 
 
 # ----------------------------------------------------------------- turns (lm-eval's Message)
@@ -184,19 +184,13 @@ def template_file(choice: bool | str | None) -> Path | None:
 def read_template_file(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise EvalkitError(f"chat template file {path} is not UTF-8 text (byte offset {err.start}); save it as UTF-8") from None
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     compile_template(text, str(path))
     return text
 
 
-def resolve_template(choice: bool | str, tokenizer: Any, model_name: str) -> ChatTemplate:
-    """The template ``--apply-chat-template [NAME_OR_PATH]`` asks for.
-
-    ``True`` is the model's own template (the tokenizer's, which for a GGUF
-    model is the one in the file's header); a path is a Jinja file; any other
-    string names one of the tokenizer's templates (models that ship several).
-    """
+def _resolve_template(choice: bool | str, tokenizer: Any, model_name: str) -> ChatTemplate:
     special = _special_tokens(tokenizer)
     path = template_file(choice)
     if path is not None:
@@ -226,6 +220,25 @@ def resolve_template(choice: bool | str, tokenizer: Any, model_name: str) -> Cha
         )
     compile_template(own, f"of model {model_name}")
     return ChatTemplate(own, "tokenizer", special)
+
+
+def resolve_template(choice: bool | str, tokenizer: Any, model_name: str) -> ChatTemplate:
+    """The template ``apply_chat_template`` asks for, checked on a probe conversation.
+
+    ``True`` is the model's own template (the tokenizer's, which for a GGUF
+    model is the one in the file's header); a path is a Jinja file; any other
+    string names one of the tokenizer's templates (models that ship several).
+    A template that drops the user's words (an empty file, a typo in a
+    variable name) would score every item on an empty prompt: it fails here.
+    """
+    template = _resolve_template(choice, tokenizer, model_name)
+    probe = "EVALKIT-PROBE-QUESTION"
+    if probe not in template.render([{"role": "user", "content": probe}], add_generation_prompt=True):
+        raise EvalkitError(
+            f"chat template ({template.source}) does not render the messages' content; "
+            "it must output each message's content (e.g. {{ message['content'] }})"
+        )
+    return template
 
 
 def _special_tokens(tokenizer: Any) -> tuple[tuple[str, Any], ...]:
