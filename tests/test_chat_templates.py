@@ -214,13 +214,23 @@ def test_fewshot_as_multiturn_needs_the_template(capsys, tmp_path):
         evalkit.evaluate("smollm2-135m", tasks="demo", fewshot_as_multiturn=True)
 
 
-def test_template_file_with_a_syntax_error_names_file_and_line(capsys, tmp_path):
-    path = tmp_path / "broken.jinja"
-    path.write_text("{% for m in messages %}\n{{ m['content'] }}\n{% endfor\n")
+@pytest.mark.parametrize(
+    "content, needles",
+    [
+        ("{% for m in messages %}\n{{ m['content'] }}\n{% endfor\n".encode(), ["line 3"]),  # Jinja syntax error
+        (b"", ["does not render the messages' content"]),  # would score every item on an empty prompt
+        ("{{ messages[0]['content'] }} caf\xe9".encode("latin-1"), ["line 1", "byte offset 32", "0xe9"]),  # not UTF-8
+    ],
+    ids=["syntax-error", "empty", "not-utf8"],
+)
+def test_bad_template_file_is_one_line_naming_it(capsys, tmp_path, content, needles):
+    """A broken template file: one line naming the file and what is wrong, nothing written."""
+    path = tmp_path / "template.jinja"
+    path.write_bytes(content)
     out = tmp_path / "out"
     assert_one_line_error(
         capsys, ["run", "--model", "smollm2-135m", "--tasks", "demo", "--apply-chat-template", str(path), "--output", str(out)],
-        str(path), "line 3",
+        str(path), *needles,
     )
     assert not out.exists()
 
@@ -265,24 +275,3 @@ def test_lm_eval_tasks_are_built_with_the_chat_format(tokenizer, data_dir):
         conversation = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p.prompt}]
         assert c.prompt == template.render(conversation, add_generation_prompt=True)
         assert [" " + r.continuation for r in c.requests] == [r.continuation for r in p.requests]
-
-
-def test_template_that_drops_the_messages_is_refused(capsys, tmp_path):
-    """An empty template file would score every item on an empty prompt: refused, one line, nothing written."""
-    path = tmp_path / "empty.jinja"
-    path.write_text("")
-    out = tmp_path / "out"
-    assert_one_line_error(
-        capsys, ["run", "--model", "smollm2-135m", "--tasks", "demo-choice", "--apply-chat-template", str(path), "--output", str(out)],
-        "does not render the messages' content",
-    )
-    assert not out.exists()
-
-
-def test_template_file_that_is_not_utf8(capsys, tmp_path):
-    path = tmp_path / "latin1.jinja"
-    path.write_bytes("{{ messages[0]['content'] }} caf\xe9".encode("latin-1"))
-    assert_one_line_error(
-        capsys, ["run", "--model", "smollm2-135m", "--tasks", "demo", "--apply-chat-template", str(path)],
-        str(path), "line 1", "byte offset 32", "0xe9",
-    )
