@@ -11,12 +11,26 @@ stop criterion does.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 
 def hidden_stops(tokenizer: Any, stops: tuple[str, ...]) -> tuple[str, ...]:
-    """The stops that vanish from an output decoded without special tokens (they are special tokens)."""
-    return tuple(s for s in stops if s.strip() and s not in tokenizer.decode(_encode(tokenizer, s), skip_special_tokens=True))
+    """The stops that vanish from an output decoded without special tokens (they are special tokens).
+
+    Asked at every decoding step of every row, so each stop string is tried once per tokenizer.
+    """
+    try:
+        known = _HIDDEN.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that takes no weak reference: tried each time
+        known = {}
+    for stop in stops:
+        if stop not in known:
+            known[stop] = bool(stop.strip()) and stop not in tokenizer.decode(_encode(tokenizer, stop), skip_special_tokens=True)
+    return tuple(s for s in stops if known[s])
+
+
+_HIDDEN: "weakref.WeakKeyDictionary[Any, dict[str, bool]]" = weakref.WeakKeyDictionary()
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
