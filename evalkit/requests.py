@@ -59,12 +59,35 @@ def request_key(request: Request) -> str:
 
 @dataclass
 class Timing:
-    """Where the time went for one request, so cost is measured on every run."""
+    """Where the time went for one request, so cost is measured on every run.
+
+    The seconds depend on the machine and its load; the counts below them do
+    not (for a given model, request set, batch size and strategy), so a cost
+    drawn from them is the same on every run:
+
+    * ``forwards``: target forward passes this request's rows took part in,
+      summed over its rows (a beam-4 step counts 4, a speculative step that
+      checks 5 tokens in one pass counts 1; the prefill counts 1);
+    * ``forward_tokens``: tokens this request put through the target's layers
+      (prompt, generated tokens, and drafts the target checked and rejected);
+    * ``draft_forwards`` / ``draft_tokens``: the same for the draft model;
+    * ``drafted`` / ``accepted``: tokens proposed by the drafter, and those of
+      them the target accepted;
+    * ``cost``: forward-equivalents, ``forwards + draft_forwards x`` (draft
+      parameters / target parameters).
+    """
 
     prefill_s: float = 0.0
     decode_s: float = 0.0
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    forwards: int = 0
+    forward_tokens: int = 0
+    draft_forwards: int = 0
+    draft_tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    cost: float = 0.0
 
 
 @dataclass

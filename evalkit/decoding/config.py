@@ -20,6 +20,12 @@ EarlyStopping = Union[bool, str]
 #: Parameters that only mean something when tokens are sampled.
 SAMPLING_FIELDS = ("top_k", "top_p", "min_p", "typical_p")
 
+#: How speculative decoding proposes tokens: from an n-gram of the prompt and output, or from a draft model.
+SPECULATIVE_METHODS = ("lookup", "draft")
+
+#: Settings added after response caches existed: left out of ``key()`` at their defaults, so old entries stay valid.
+_LATER_FIELDS = ("speculative", "num_speculative_tokens", "lookup_max_ngram", "draft_model")
+
 
 @dataclass(frozen=True)
 class DecodingConfig:
@@ -32,6 +38,11 @@ class DecodingConfig:
     * ``max_new_tokens`` overrides the request's budget when set.
     * ``stop`` is added to each request's own stop strings.
     * ``seed`` with the request's content fixes every sampled token (see ``sampling.py``).
+    * ``speculative`` ("lookup" or "draft") proposes ``num_speculative_tokens`` tokens per step that the
+      model checks in one forward pass (see ``speculative.py``): greedy stays token-identical to greedy,
+      sampling keeps the model's distribution exactly. "lookup" copies the tokens that followed the latest
+      earlier occurrence of the last n tokens (n = ``lookup_max_ngram`` down to 1); "draft" asks
+      ``draft_model``, a smaller model with the same tokenizer.
     """
 
     name: str = ""
@@ -53,6 +64,10 @@ class DecodingConfig:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     seed: int = 0
+    speculative: str | None = None
+    num_speculative_tokens: int = 0
+    lookup_max_ngram: int = 3
+    draft_model: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -70,6 +85,10 @@ class DecodingConfig:
         return self.num_beams > 1
 
     @property
+    def is_speculative(self) -> bool:
+        return self.speculative is not None
+
+    @property
     def label(self) -> str:
         """A short name for tables: the given ``name``, else one built from the settings ("temp0.7+top-p0.9")."""
         return self.name or _derived_label(self)
@@ -85,7 +104,11 @@ class DecodingConfig:
 
     def key(self) -> str:
         """A stable hash of the settings (not the name): equal algorithms share cache entries."""
-        data = {k: v for k, v in self.to_dict().items() if k not in ("name", "label")}
+        defaults = {f.name: f.default for f in fields(self)}
+        data = {
+            k: v for k, v in self.to_dict().items()
+            if k not in ("name", "label") and not (k in _LATER_FIELDS and v == defaults[k])
+        }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -163,6 +186,7 @@ def _validate(c: DecodingConfig) -> None:
         _fail(c, f"early_stopping must be true, false or 'never', got {c.early_stopping!r}")
     if not all(isinstance(s, str) and s for s in c.stop):
         _fail(c, f"stop strings must be non-empty strings, got {list(c.stop)!r}")
+    _validate_speculative(c)
     given_sampling = [name for name in SAMPLING_FIELDS if getattr(c, name) is not None]
     if c.is_beam:
         if c.do_sample or given_sampling:
@@ -179,6 +203,27 @@ def _validate(c: DecodingConfig) -> None:
                      f"{c.num_return_sequences} for num_return_sequences={c.num_return_sequences}")
         if c.length_penalty != 1.0 or c.early_stopping is not False:
             _fail(c, "length_penalty and early_stopping only apply to beam search: set num_beams > 1")
+
+
+def _validate_speculative(c: DecodingConfig) -> None:
+    if not isinstance(c.num_speculative_tokens, int) or isinstance(c.num_speculative_tokens, bool):
+        _fail(c, f"num_speculative_tokens must be an integer, got {c.num_speculative_tokens!r}")
+    if c.speculative is None:
+        if c.num_speculative_tokens or c.draft_model is not None:
+            _fail(c, "num_speculative_tokens and draft_model need speculative='lookup' or 'draft'")
+        return
+    if c.speculative not in SPECULATIVE_METHODS:
+        _fail(c, f"speculative must be one of {', '.join(SPECULATIVE_METHODS)}, got {c.speculative!r}")
+    if c.num_speculative_tokens < 1:
+        _fail(c, f"{c.speculative}{c.num_speculative_tokens} proposes no token: give it K >= 1 "
+                 f"(e.g. {c.speculative}4)")
+    if not isinstance(c.lookup_max_ngram, int) or c.lookup_max_ngram < 1:
+        _fail(c, f"lookup_max_ngram must be an integer >= 1, got {c.lookup_max_ngram!r}")
+    if c.speculative == "lookup" and c.draft_model is not None:
+        _fail(c, "draft_model is for speculative='draft'; lookup drafts from the prompt and output")
+    if c.is_beam:
+        _fail(c, f"speculative decoding ({c.speculative}{c.num_speculative_tokens}) drafts one sequence per "
+                 f"row and cannot be combined with beam search (num_beams={c.num_beams}); drop one of them")
 
 
 def _fmt(value: float) -> str:
@@ -206,4 +251,6 @@ def _derived_label(c: DecodingConfig) -> str:
         parts.append(f"n{c.num_return_sequences}")
     if not parts:
         parts.append("greedy")
+    if c.speculative is not None:
+        parts.append(f"{c.speculative}{c.num_speculative_tokens}")
     return "+".join(parts)

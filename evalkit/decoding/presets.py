@@ -44,6 +44,10 @@ _PARTS: list[tuple[str, str, Callable[[str], dict[str, Any]], str]] = [
     ("nN", rf"n{_INT}", lambda v: {"num_return_sequences": int(v)}, "return N sequences (beams or samples)"),
     ("maxN", rf"max{_INT}", lambda v: {"max_new_tokens": int(v)}, "at most N new tokens (overrides the task)"),
     ("seedS", rf"seed{_INT}", lambda v: {"seed": int(v)}, "sampling seed S"),
+    ("lookupK", rf"lookup{_INT}", lambda v: {"speculative": "lookup", "num_speculative_tokens": int(v)},
+     "speculative decoding: K tokens drafted by n-gram lookup in prompt + output (no second model)"),
+    ("draftK", rf"draft{_INT}", lambda v: {"speculative": "draft", "num_speculative_tokens": int(v)},
+     "speculative decoding: K tokens drafted by --draft-model (same tokenizer)"),
 ]
 _COMPILED = [(form, re.compile(pattern + r"\Z"), make) for form, pattern, make, _ in _PARTS]
 VALID_FORMS = ", ".join(form for form, *_ in _PARTS)
