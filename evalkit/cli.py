@@ -293,7 +293,8 @@ def describe_prompt(prompt: dict) -> str:
 
 
 def comparison_tables(results: dict, tasks: Sequence[str] | None = None) -> list:
-    """The strategy table (quality, diversity, length, speed) of every generation task.
+    """The strategy table (quality, diversity, length, speed, cost) of every generation task, and the
+    speculative table (acceptance, tokens per forward, speedups) of a task with speculative strategies.
 
     Short column names with a legend keep it within 80 columns; where the
     strategy names are too long even so, they are numbered (s1, s2, ...) with a
@@ -310,27 +311,73 @@ def comparison_tables(results: dict, tasks: Sequence[str] | None = None) -> list
         title = f"decoding strategies on {task} ({results['model']}, {results['n_items'][task]} items)"
         quality = rows[0]["quality_metric"]
         short_quality = quality if len(quality) <= 12 else "quality"
-        headers = ["strategy", short_quality, *(_SHORT_COLUMNS[c] for c in DIVERSITY_COLUMNS), "tok/s", "*"]
+        headers = ["strategy", short_quality, *(_SHORT_COLUMNS[c] for c in DIVERSITY_COLUMNS), "tok/s", "cost", "*"]
         cells = [
             [
                 row["strategy"],
                 _fmt(row["quality"]),
                 *(_short(row[c]) for c in DIVERSITY_COLUMNS),
                 f"{row['tokens_per_s']:.1f}" if row["tokens_per_s"] else "-",
+                _ratio_cell(row["cost_per_token"]),
                 "*" if row["pareto"] else "",
             ]
             for row in rows
         ]
         legend = [f"quality: {quality}"] if short_quality != quality else []
         legend += [_LEGEND.get(c, f"{_SHORT_COLUMNS[c]}: {c}") for c in DIVERSITY_COLUMNS if _SHORT_COLUMNS[c] != c or c in _LEGEND]
-        caption = "; ".join([*legend, "*: pareto-best (no other strategy is both better and faster)"])
+        caption = "; ".join([*legend, *_cost_caption(rows)])
         table = _table(title, headers, cells, caption=caption)
         numbered = [[f"s{i}", *row[1:]] for i, row in enumerate(cells, 1)]  # long strategy names: numbers and a key
         key = "".join(f"s{i}: {row[0]}\n" for i, row in enumerate(cells, 1))
         compact = _table(title, headers, numbered, caption=key + caption)
         blocks = [(row[0] + ("  * pareto-best" if row[-1] else ""), list(zip(headers[1:-1], row[1:-1]))) for row in cells]
         tables.append(_FirstThatFits(table, compact, _blocks(title, blocks, caption)))
+        if any(row["speculative"] for row in rows):
+            tables.append(_speculative_table(task, rows))
     return tables
+
+
+def _ratio_cell(value: float | None, suffix: str = "") -> str:
+    """A cost, a tokens-per-forward figure or a speedup to 2 decimals ("-" when missing)."""
+    if value is None or value != value:
+        return "-"
+    return (f"{value:.2f}" if abs(value) < 100 else f"{value:.1f}") + suffix
+
+
+def _cost_caption(rows: list[dict]) -> list[str]:
+    """What the cost column and the star mean, and which rows could not be starred on cost."""
+    if rows and rows[0]["pareto_axis"] == "tokens_per_s":
+        return ["cost: forward passes per generated token, not recorded in these results (HTTP backend or older evalkit)",
+                "*: pareto-best on quality vs tok/s (wall clock: varies with the machine and its load)"]
+    lines = ["tok/s: wall clock, this machine; cost: forward passes per generated token, lower is better",
+             "*: pareto-best on quality vs cost (forward passes per token, machine-independent)"]
+    missing = [row["strategy"] for row in rows if row["cost_per_token"] is None]
+    if missing:
+        lines.append(f"no forward-pass counts for {', '.join(missing)} (HTTP backend or older evalkit): no star on cost")
+    return lines
+
+
+def _speculative_table(task: str, rows: list[dict]):
+    """Speculative strategies against the same strategy without drafts: acceptance, tokens per forward, speedups."""
+    title = f"speculative decoding on {task}, against the same strategy without drafts"
+    headers = ["strategy", "base", "accept", "tok/fwd", "cost x", "wall x"]
+    cells = [
+        [
+            row["strategy"],
+            row["base_strategy"] or "-",
+            "-" if row["acceptance_rate"] is None else f"{row['acceptance_rate']:.0%}",
+            _ratio_cell(row["tokens_per_forward"]),
+            _ratio_cell(row["cost_speedup"], "x"),
+            _ratio_cell(row["wall_speedup"], "x"),
+        ]
+        for row in rows
+        if row["speculative"]
+    ]
+    caption = ("accept: share of drafted tokens the model accepted; tok/fwd: generated tokens per forward pass of the model; "
+               "cost x: speedup in forward passes per token over base (machine-independent); wall x: tok/s over "
+               "base's (this machine); base -: the run has no such strategy")
+    blocks = [(row[0], list(zip(headers[1:], row[1:]))) for row in cells]
+    return _FirstThatFits(_table(title, headers, cells, caption=caption), _blocks(title, blocks, caption))
 
 
 # Column names of the strategy table, short enough for 80 columns (the caption spells them out).

@@ -52,10 +52,37 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> None:
 
 @dataclass
 class Efficiency:
-    """Cost of one (task, decoding) cell, summed over the requests this run computed.
+    """Cost of one (task, decoding) cell.
 
-    ``tokens_per_s`` is end-to-end throughput (generated tokens over prefill +
-    decode seconds); ``decode_tokens_per_s`` leaves the prefill out.
+    Two kinds of figures:
+
+    * Wall clock, summed over the requests this run computed (cached answers
+      cost no time now): ``wall_s``, ``prefill_s``, ``decode_s``,
+      ``prompt_tokens``, ``generated_tokens``. ``tokens_per_s`` is end-to-end
+      throughput (generated tokens over prefill + decode seconds);
+      ``decode_tokens_per_s`` leaves the prefill out. Both change with the
+      machine and its load.
+    * Deterministic counts (see :class:`evalkit.requests.Timing`), summed over
+      every response of the cell, cached ones included, since they do not
+      depend on the machine or on what the cache held: ``forwards``,
+      ``forward_tokens``, ``draft_forwards``, ``draft_tokens``, ``drafted``,
+      ``accepted`` and ``cost`` (forward-equivalents: target forwards plus
+      draft forwards scaled by the draft/target parameter ratio). Only
+      responses that carry counts are summed (``forwards > 0``; an HTTP API
+      backend, or a cache entry written before the counts existed, has none):
+      ``counted_requests`` of them, with ``counted_generated_tokens``
+      generated tokens.
+
+    Derived from the counts (``to_dict``; None where there is nothing to divide):
+
+    * ``cost_per_token``: ``cost / counted_generated_tokens``, forward-equivalents
+      per generated token; lower is better. 1.0 for plain greedy decoding,
+      about ``num_beams`` for beam search, below 1 when drafts are accepted.
+    * ``tokens_per_forward``: ``counted_generated_tokens / forwards``, the mean
+      number of tokens each target forward pass yields (1.0 for plain greedy,
+      above 1 with accepted drafts, about ``1 / num_beams`` for beam search).
+    * ``acceptance_rate``: ``accepted / drafted``, the share of drafted tokens
+      the target accepted (None when nothing was drafted).
     """
 
     wall_s: float = 0.0
@@ -66,15 +93,42 @@ class Efficiency:
     requests: int = 0
     cached: int = 0
     peak_memory_mb: float | None = None
+    counted_requests: int = 0
+    counted_generated_tokens: int = 0
+    forwards: int = 0
+    forward_tokens: int = 0
+    draft_forwards: int = 0
+    draft_tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    cost: float = 0.0
 
     @classmethod
-    def from_responses(cls, responses: Iterable[Response], **fields: Any) -> "Efficiency":
+    def from_responses(
+        cls, responses: Iterable[Response], all_responses: Iterable[Response] | None = None, **fields: Any
+    ) -> "Efficiency":
+        """Wall-clock figures from ``responses`` (those this run computed); counts from ``all_responses``
+        (every response of the cell, cached ones included), or from ``responses`` when it is not given."""
+        responses = list(responses)
         out = cls(**fields)
         for response in responses:
             out.prefill_s += response.timing.prefill_s
             out.decode_s += response.timing.decode_s
             out.prompt_tokens += response.timing.prompt_tokens
             out.generated_tokens += response.timing.generated_tokens
+        for response in responses if all_responses is None else all_responses:
+            timing = response.timing
+            if timing.forwards <= 0:  # no counts recorded (HTTP backend, or a cache entry from before them)
+                continue
+            out.counted_requests += 1
+            out.counted_generated_tokens += timing.generated_tokens
+            out.forwards += timing.forwards
+            out.forward_tokens += timing.forward_tokens
+            out.draft_forwards += timing.draft_forwards
+            out.draft_tokens += timing.draft_tokens
+            out.drafted += timing.drafted
+            out.accepted += timing.accepted
+            out.cost += timing.cost
         return out
 
     @property
@@ -86,8 +140,27 @@ class Efficiency:
     def decode_tokens_per_s(self) -> float | None:
         return self.generated_tokens / self.decode_s if self.decode_s > 0 and self.generated_tokens else None
 
+    @property
+    def cost_per_token(self) -> float | None:
+        return self.cost / self.counted_generated_tokens if self.cost > 0 and self.counted_generated_tokens else None
+
+    @property
+    def tokens_per_forward(self) -> float | None:
+        return self.counted_generated_tokens / self.forwards if self.forwards > 0 and self.counted_generated_tokens else None
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted > 0 else None
+
     def to_dict(self) -> dict:
-        return {**self.__dict__, "tokens_per_s": self.tokens_per_s, "decode_tokens_per_s": self.decode_tokens_per_s}
+        return {
+            **self.__dict__,
+            "tokens_per_s": self.tokens_per_s,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "cost_per_token": self.cost_per_token,
+            "tokens_per_forward": self.tokens_per_forward,
+            "acceptance_rate": self.acceptance_rate,
+        }
 
 
 @dataclass

@@ -203,8 +203,9 @@ def _respond(
             advance(len(part) / per_instance)
             if keys is not None:  # rank 0's cache ends up complete even when each node caches on its own disk
                 cache.put_many({keys[i]: r for i, r in part.items()})
-    efficiency = Efficiency.from_responses(  # cost is what this run spent; cached answers cost nothing now
-        (answers[i] for i in todo),
+    efficiency = Efficiency.from_responses(  # time is what this run spent (cached answers cost none now);
+        (answers[i] for i in todo),  # the deterministic counts cover every response, cached ones included
+        all_responses=(answers[i] for i in range(len(flat))),
         wall_s=time.perf_counter() - started,
         requests=len(flat),
         cached=cached,

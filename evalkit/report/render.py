@@ -52,18 +52,26 @@ def render_html(board: Leaderboard, title: str) -> str:
 
 
 def decoding_plots(board: Leaderboard, task: TaskSection) -> list[Plot]:
-    """Quality vs tokens/s and, when the task reports a diversity metric, quality vs diversity; one series per run."""
+    """Quality vs cost, vs tokens/s and, when the task reports a diversity metric, vs diversity; one series per run.
+
+    The cost plot (forward passes per generated token, lower is better) is the machine-independent
+    one: its Pareto front is the same on every machine. It is left out when no cell recorded the
+    counts (an HTTP backend, or runs from before them); tokens/s is wall clock, kept as information.
+    """
     if task.scored_by_loglikelihood:
         return []
     plots = []
     diversity = next((m for m in task.metrics if stats.is_diversity(m)), None)
-    axes = [("tokens_per_s", "generated tokens / s (decode)", True)]
+    axes = [
+        ("cost_per_token", "forward passes / generated token (cost)", False),
+        ("tokens_per_s", "generated tokens / s (decode)", True),
+    ]
     if diversity is not None:
         axes.append((diversity, diversity, stats.higher_is_better(diversity)))
     for x_name, x_label, x_higher in axes:
         series: dict[str, list[tuple[str, float, float]]] = {}
         for cell in task.cells:
-            x = cell.efficiency.get(x_name) if x_name == "tokens_per_s" else cell.values.get(x_name)
+            x = cell.efficiency.get(x_name) if x_name in EFFICIENCY_AXES else cell.values.get(x_name)
             y = cell.values.get(task.headline)
             if stats.is_finite(x) and stats.is_finite(y):
                 run = board.runs[cell.run]
@@ -81,6 +89,9 @@ def decoding_plots(board: Leaderboard, task: TaskSection) -> list[Plot]:
                 )
             )
     return plots
+
+
+EFFICIENCY_AXES = ("cost_per_token", "tokens_per_s")  # plot axes read from a cell's efficiency, not its metrics
 
 
 def _default_title(board: Leaderboard) -> str:
