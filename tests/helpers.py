@@ -46,11 +46,13 @@ class CharTokenizer:
     """Printable ASCII characters as tokens (0 pad, 1 BOS, 2 EOS, others "?"): every stop string spans tokens."""
 
     vocab_size = 3 + 95
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
 
-    def encode(self, text):
-        return [1] + [ord(ch) - 29 if " " <= ch <= "~" else ord("?") - 29 for ch in text]
+    def encode(self, text, add_special_tokens=True):
+        return [1] * add_special_tokens + [ord(ch) - 29 if " " <= ch <= "~" else ord("?") - 29 for ch in text]
 
     def decode(self, ids, skip_special_tokens=True):
+        ids = [ids] if isinstance(ids, int) else ids
         return "".join(chr(i + 29) for i in ids if i >= 3)
 
 

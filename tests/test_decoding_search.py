@@ -3,15 +3,16 @@ reproducible sampling, finished rows leaving the batch, timings and logprobs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from evalkit.decoding import DecodingConfig, generate
 from evalkit.errors import EvalkitError
+from evalkit.models.hf import HFModel
 from evalkit.requests import Generate
 from helpers import CharTokenizer
 
@@ -19,38 +20,17 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 EOS = 2
 
 
-@dataclass
-class HFCache:
-    past: DynamicCache
-    mask: torch.Tensor  # [rows, slots]: 1 for a real token, 0 for padding
+class CountingHF(HFModel):
+    """The transformers adapter over a tiny model, noting how many rows each forward pass carries."""
 
-
-class HFBackend:
-    """A reference Backend over any transformers causal LM (a DynamicCache plus the padding mask)."""
-
-    def __init__(self, model, eos_token_ids, max_length=None):
-        self.model = model.eval()
-        self.device = model.device
-        self.vocab_size = model.config.vocab_size
+    def __init__(self, model, eos_token_ids=(EOS,), max_length=512):
+        super().__init__(model, CharTokenizer(), max_length=max_length)
         self.eos_token_ids = tuple(eos_token_ids)
-        self.max_length = max_length
         self.rows_per_forward: list[int] = []
 
-    def new_cache(self, batch, max_len):
-        return HFCache(DynamicCache(), torch.zeros(batch, 0, dtype=torch.long, device=self.device))
-
-    @torch.no_grad()
     def forward(self, token_ids, positions, cache, *, last_only=False):
-        self.rows_per_forward.append(token_ids.size(0))
-        cache.mask = torch.cat([cache.mask, (positions >= 0).long()], dim=1)
-        out = self.model(input_ids=token_ids, attention_mask=cache.mask, position_ids=positions.clamp(min=0),
-                         past_key_values=cache.past, use_cache=True, logits_to_keep=1 if last_only else 0)
-        return out.logits
-
-    def reorder_cache(self, cache, index):
-        cache.past.reorder_cache(index)
-        cache.mask = cache.mask[index]
-        return cache
+        self.rows_per_forward.append(int((positions >= 0).any(dim=1).sum()))
+        return super().forward(token_ids, positions, cache, last_only=last_only)
 
 
 def _prompts(n: int) -> list[str]:
@@ -113,7 +93,7 @@ BEAM_CONFIGS = [
 
 @pytest.mark.parametrize("config", [DecodingConfig(), *BEAM_CONFIGS], ids=lambda c: c.label)
 def test_token_identical_to_transformers_generate(tiny, config):
-    backend = HFBackend(tiny, [EOS])
+    backend = CountingHF(tiny, [EOS])
     prompts = _prompts(8)
     ours = assert_same_as_hf(backend, CharTokenizer(), prompts, config, max_new_tokens=20, pad=0, batch_size=8)
     finished = [r for resp in ours for r in [resp, *resp.alternatives]]
@@ -122,7 +102,7 @@ def test_token_identical_to_transformers_generate(tiny, config):
 
 
 def test_finished_rows_leave_the_batch(tiny):
-    backend = HFBackend(tiny, [EOS])
+    backend = CountingHF(tiny, [EOS])
     responses = generate(backend, CharTokenizer(), [Generate(p, max_new_tokens=20) for p in _prompts(8)],
                          DecodingConfig(), batch_size=8)
     lengths = sorted(len(r.token_ids) for r in responses)
@@ -134,7 +114,7 @@ def test_finished_rows_leave_the_batch(tiny):
 
 
 def test_beam_search_drops_finished_requests(tiny):
-    backend = HFBackend(tiny, [EOS])
+    backend = CountingHF(tiny, [EOS])
     config = DecodingConfig(num_beams=2, early_stopping=True)
     generate(backend, CharTokenizer(), [Generate(p, max_new_tokens=20) for p in _prompts(8)], config, batch_size=8)
     rows = backend.rows_per_forward[1:]
@@ -142,7 +122,7 @@ def test_beam_search_drops_finished_requests(tiny):
 
 
 def test_token_logprobs_are_the_raw_model_logprobs(tiny):
-    backend = HFBackend(tiny, [EOS])
+    backend = CountingHF(tiny, [EOS])
     tokenizer = CharTokenizer()
     prompt = _prompts(3)[2]
     for config in (DecodingConfig(repetition_penalty=1.5), DecodingConfig(temperature=0.7, top_k=20),
@@ -157,7 +137,7 @@ def test_token_logprobs_are_the_raw_model_logprobs(tiny):
 
 
 def test_timing_is_filled_and_adds_up(tiny):
-    backend = HFBackend(tiny, [EOS])
+    backend = CountingHF(tiny, [EOS])
     responses = generate(backend, CharTokenizer(), [Generate(p, max_new_tokens=10) for p in _prompts(5)],
                          DecodingConfig(temperature=1.0, num_return_sequences=2), batch_size=3)
     tokenizer = CharTokenizer()
@@ -169,7 +149,7 @@ def test_timing_is_filled_and_adds_up(tiny):
 
 
 def test_max_new_tokens_config_overrides_request(tiny):
-    backend = HFBackend(tiny, [])  # no EOS: every row runs to its budget
+    backend = CountingHF(tiny, [])  # no EOS: every row runs to its budget
     requests = [Generate("Hello", max_new_tokens=9), Generate("Hi there", max_new_tokens=4)]
     default = generate(backend, CharTokenizer(), requests, DecodingConfig())
     assert [len(r.token_ids) for r in default] == [9, 4]
@@ -179,7 +159,7 @@ def test_max_new_tokens_config_overrides_request(tiny):
 
 
 def test_min_new_tokens_and_ignore_eos(tiny):
-    backend = HFBackend(tiny, [EOS])
+    backend = CountingHF(tiny, [EOS])
     requests = [Generate(p, max_new_tokens=20) for p in _prompts(8)]
     plain = generate(backend, CharTokenizer(), requests, DecodingConfig())
     assert min(len(r.token_ids) for r in plain) < 8
@@ -190,7 +170,7 @@ def test_min_new_tokens_and_ignore_eos(tiny):
 
 
 def test_stop_strings_cut_text_even_across_tokens(tiny):
-    backend = HFBackend(tiny, [])
+    backend = CountingHF(tiny, [])
     tokenizer = CharTokenizer()
     prompt = _prompts(4)[3]
     (free,) = generate(backend, tokenizer, [Generate(prompt, max_new_tokens=30)], DecodingConfig())
@@ -226,7 +206,7 @@ SAMPLING = [
 
 @pytest.mark.parametrize("config", SAMPLING, ids=lambda c: c.label)
 def test_sampling_is_reproducible_across_batch_sizes(tiny, config):
-    backend = HFBackend(tiny, [EOS])
+    backend = CountingHF(tiny, [EOS])
     requests = [Generate(p, max_new_tokens=16) for p in _prompts(8)]
 
     def run(reqs, batch_size):
@@ -244,7 +224,7 @@ def test_sampling_is_reproducible_across_batch_sizes(tiny, config):
 
 
 def test_bad_requests_give_one_line_errors(tiny):
-    backend = HFBackend(tiny, [EOS], max_length=64)
+    backend = CountingHF(tiny, [EOS], max_length=64)
     with pytest.raises(EvalkitError, match="exceeds the model's context of 64 tokens"):
         generate(backend, CharTokenizer(), [Generate("x" * 60, max_new_tokens=10)], DecodingConfig())
 

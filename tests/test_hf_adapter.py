@@ -323,7 +323,7 @@ def test_seq2seq_backend_greedy_equals_generate(tiny_tokenizer, kind):
     rows = [tiny_tokenizer.encode(p)[:40] for p in prompts]
     steps = 5
     cache = adapter.new_cache(len(rows), steps)
-    logits = adapter.prefill(cache, rows)
+    logits = adapter.prefill(cache, torch.arange(len(rows)), rows)
     assert logits.shape == (len(rows), adapter.vocab_size)
     out = []
     for step in range(steps):

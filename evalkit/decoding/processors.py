@@ -105,7 +105,7 @@ def typical(scores: torch.Tensor, mass: float) -> torch.Tensor:
 
 @dataclass
 class History:
-    """What the penalties need to know about each row; rows follow the batch (and the beams)."""
+    """What the penalties need to know about each row; rows follow the cache's rows (and the beams)."""
 
     seen: torch.Tensor  # [rows, vocab] bool: every token of prompt and output
     counts: torch.Tensor  # [rows, vocab] float: generated-token counts
@@ -113,21 +113,41 @@ class History:
     generated: torch.Tensor  # [rows] int64: tokens generated so far
 
     @classmethod
-    def start(cls, prompts: list[list[int]], vocab_size: int, device: torch.device) -> "History":
-        seen = torch.zeros(len(prompts), vocab_size, dtype=torch.bool, device=device)
-        for row, ids in enumerate(prompts):
-            seen[row, ids] = True
-        counts = torch.zeros(len(prompts), vocab_size, dtype=torch.float32, device=device)
-        generated = torch.zeros(len(prompts), dtype=torch.long, device=device)
-        return cls(seen, counts, [list(p) for p in prompts], generated)
+    def empty(cls, rows: int, vocab_size: int, device: torch.device) -> "History":
+        return cls(
+            torch.zeros(rows, vocab_size, dtype=torch.bool, device=device),
+            torch.zeros(rows, vocab_size, dtype=torch.float32, device=device),
+            [[] for _ in range(rows)],
+            torch.zeros(rows, dtype=torch.long, device=device),
+        )
 
-    def append(self, next_tokens: torch.Tensor) -> None:
+    @classmethod
+    def start(cls, prompts: list[list[int]], vocab_size: int, device: torch.device) -> "History":
+        """One row per prompt."""
+        history = cls.empty(len(prompts), vocab_size, device)
+        history.reset(list(range(len(prompts))), prompts)
+        return history
+
+    def reset(self, rows: list[int], prompts: list[list[int]]) -> None:
+        """Rows ``rows`` start over from ``prompts`` (a new request took them)."""
+        index = torch.tensor(rows, device=self.seen.device)
+        self.seen[index] = False
+        self.counts[index] = 0
+        self.generated[index] = 0
+        for row, ids in zip(rows, prompts):
+            self.seen[row, ids] = True
+            self.tokens[row] = list(ids)
+
+    def append(self, next_tokens: torch.Tensor, where: torch.Tensor | None = None) -> None:
+        """Each row gains its token of ``next_tokens`` ``[rows]``; with ``where``, only the rows marked True."""
         rows = torch.arange(len(next_tokens), device=next_tokens.device)
+        if where is not None:
+            rows, next_tokens = rows[where], next_tokens[where]
         self.seen[rows, next_tokens] = True
         self.counts[rows, next_tokens] += 1
-        self.generated += 1
-        for seq, token in zip(self.tokens, next_tokens.tolist()):
-            seq.append(token)
+        self.generated[rows] += 1
+        for row, token in zip(rows.tolist(), next_tokens.tolist()):
+            self.tokens[row].append(token)
 
     def select(self, index: torch.Tensor) -> "History":
         """Keep, reorder or repeat rows, like ``Backend.reorder_cache``."""
@@ -136,10 +156,22 @@ class History:
                        self.generated[index])
 
 
+def needs_history(config: DecodingConfig) -> bool:
+    """Whether any processor of ``config`` looks at the tokens before the current step."""
+    return bool(
+        (config.repetition_penalty is not None and config.repetition_penalty != 1.0)
+        or config.frequency_penalty or config.presence_penalty or config.no_repeat_ngram_size
+        or (config.min_new_tokens > 0 and not config.ignore_eos)
+    )
+
+
 def process(
-    scores: torch.Tensor, config: DecodingConfig, history: History, eos_token_ids: tuple[int, ...]
+    scores: torch.Tensor, config: DecodingConfig, history: History | None, eos_token_ids: tuple[int, ...]
 ) -> torch.Tensor:
-    """Apply the config's processors in transformers' order; ``scores`` are float32 ``[rows, vocab]``."""
+    """Apply the config's processors in transformers' order; ``scores`` are float32 ``[rows, vocab]``.
+
+    ``history`` may be None when no processor needs it (:func:`needs_history`).
+    """
     if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
         scores = repetition_penalty(scores, history.seen, config.repetition_penalty)
     if config.frequency_penalty or config.presence_penalty:

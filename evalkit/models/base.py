@@ -48,31 +48,55 @@ class LanguageModel(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """A white-box causal LM the decoding loop can drive step by step.
+    """A white-box LM that the one generation scheduler (:mod:`evalkit.decoding.scheduler`) drives step by step.
 
-    Conventions shared by every implementation:
+    The scheduler owns every decision (which request takes which row, which
+    token comes next, when a row ends); a backend only runs the model over a
+    cache of ``rows`` sequences. Conventions every implementation keeps:
 
-    * ``token_ids`` and ``positions`` are ``[batch, steps]`` int64 tensors on
-      the backend's device. A position of ``-1`` marks a padding slot: it is
-      written nowhere visible and attended to by nobody, which is how rows of
-      different lengths share one batch (left padding).
-    * ``forward`` appends the new tokens to ``cache`` in place (and returns
-      logits ``[batch, steps, vocab]``, or ``[batch, 1, vocab]`` for the last
-      step only when ``last_only`` is true, so a prefill never materialises
-      logits for every prompt position).
-    * ``reorder_cache(cache, index)`` keeps and reorders rows: ``index`` is a
-      1-D int64 tensor of row numbers (repeats allowed, for beams); dropping
-      rows is how finished sequences leave the batch.
+    * A cache has a fixed number of rows; each holds one sequence's tokens.
+      ``prefill`` restarts some rows from new prompts while the other rows
+      keep theirs, which is how a finished row takes the next request
+      (continuous batching).
+    * ``forward`` feeds every row of the cache: ``token_ids`` and
+      ``positions`` are ``[rows, steps]`` int64 on ``device``; a position of
+      ``-1`` is a padding slot (an idle row, or a row with fewer tokens this
+      step), stored nowhere visible and attended to by nobody. The tokens are
+      appended to their rows and the float32 logits ``[rows, steps, vocab]``
+      come back (``[rows, 1, vocab]`` with ``last_only``).
+    * ``reorder_cache(cache, index)`` makes row ``i`` a copy of old row
+      ``index[i]`` (repeats allowed): beams follow their parents, a request's
+      extra samples copy its prefilled prompt, and idle rows are dropped
+      (the row count may change, except when ``static_rows``).
+    * ``truncate(cache, lengths)`` keeps the first ``lengths[i]`` tokens of
+      each row: speculative decoding takes back the drafts the model rejected.
+
+    ``max_length`` bounds prompt plus new tokens; ``num_parameters`` prices a
+    draft model's forward pass against the target's in the run's cost;
+    ``static_rows`` asks the scheduler never to change the row count (a
+    captured CUDA-graph decode step is specialised to it).
     """
 
     device: torch.device
     vocab_size: int
     eos_token_ids: tuple[int, ...]
+    max_length: int
+    num_parameters: int
+    static_rows: bool
 
-    def new_cache(self, batch: int, max_len: int) -> Any: ...
+    def new_cache(self, rows: int, max_len: int) -> Any:
+        """An empty cache of ``rows`` rows, each able to hold ``max_len`` tokens."""
+
+    def prefill(self, cache: Any, rows: torch.Tensor, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Restart ``rows`` from ``prompts`` (token ids); next-token logits ``[len(rows), vocab]``, float32."""
 
     def forward(
         self, token_ids: torch.Tensor, positions: torch.Tensor, cache: Any, *, last_only: bool = False
-    ) -> torch.Tensor: ...
+    ) -> torch.Tensor:
+        """Append ``token_ids`` to every row; logits ``[rows, steps or 1, vocab]``, float32."""
 
-    def reorder_cache(self, cache: Any, index: torch.Tensor) -> Any: ...
+    def reorder_cache(self, cache: Any, index: torch.Tensor) -> Any:
+        """Row ``i`` becomes old row ``index[i]``; returns the cache."""
+
+    def truncate(self, cache: Any, lengths: torch.Tensor) -> None:
+        """Each row keeps its first ``lengths[i]`` tokens."""

@@ -7,10 +7,14 @@ differs, it differs in cost only: the base model runs to hidden states and the
 output embedding is applied to the continuation rows alone, so a batch never
 materialises ``[batch x positions x vocab]`` logits.
 
-Generation is evalkit's own decoding loop (:mod:`evalkit.decoding`) driving the
-model through the ``Backend`` methods; causal rows are left-padded and get the
-position ids ``generate`` would give them, so greedy and beam outputs can be
-token-identical to ``model.generate``.
+Generation is evalkit's one scheduler (:mod:`evalkit.decoding.scheduler`)
+driving the model through the ``Backend`` methods. The transformers KV cache
+keeps one column per step shared by every row, so rows of different lengths
+are right-aligned and left-padded, with the position ids ``generate`` would
+give them: greedy and beam outputs can be token-identical to ``model.generate``.
+A finished row's slot takes the next prompt by splicing that prompt's freshly
+computed cache into the row (continuous batching); columns no row uses any
+more are trimmed, so the cache is as wide as its longest live row.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from evalkit.errors import EvalkitError
 from evalkit.models.logprobs import document_groups, target_logprobs
+from evalkit.models.padding import left_pad
 from evalkit.requests import Generate, Loglikelihood, Response, RollingLoglikelihood, Timing
 
 # lm-evaluation-harness's fallbacks when neither config nor tokenizer states a context length.
@@ -56,10 +61,70 @@ def resolve_max_length(config: Any, tokenizer: Any) -> int:
 
 @dataclass
 class HFCache:
-    """A causal model's decoding state: the transformers KV cache and the 2-D attention mask so far."""
+    """A causal model's decoding state: the transformers KV cache and the 2-D attention mask so far.
 
-    kv: Any  # transformers DynamicCache
-    mask: torch.Tensor  # [batch, tokens seen], 1 = real token, 0 = padding
+    Column ``c`` of every layer's keys and values is the ``c``-th step of
+    every row; ``mask[row, c]`` says whether the row holds a real token there
+    (0: left padding, an idle row, a rejected draft).
+    """
+
+    kv: Any  # transformers DynamicCache of DynamicLayers: keys/values [rows, heads, columns, head_dim]
+    mask: torch.Tensor  # [rows, columns], 1 = real token, 0 = padding
+
+    def layers(self) -> list[Any]:
+        return [layer for layer in self.kv.layers if layer.is_initialized]
+
+    def keep_columns(self, start: int, stop: int) -> None:
+        """Keep columns ``start:stop`` only: those outside hold no real token of any row."""
+        for layer in self.layers():
+            layer.keys, layer.values = layer.keys[:, :, start:stop], layer.values[:, :, start:stop]
+        self.mask = self.mask[:, start:stop]
+
+    def trim(self) -> None:
+        """Drop the leading and trailing columns that are padding in every row."""
+        used = self.mask.any(dim=0).nonzero()
+        if len(used) == 0:
+            self.keep_columns(0, 0)
+        elif int(used[0]) > 0 or int(used[-1]) + 1 < self.mask.shape[1]:
+            self.keep_columns(int(used[0]), int(used[-1]) + 1)
+
+    def splice(self, rows: torch.Tensor, part: "HFCache") -> None:
+        """Rows ``rows`` take the contents of ``part`` (a cache of ``len(rows)`` rows), right-aligned."""
+        width, new = self.mask.shape[1], part.mask.shape[1]
+        if not self.layers():  # nothing cached yet: the first prompts set the layout
+            self.kv = type(part.kv)(ddp_cache_data=[
+                (_zeros_rows(layer.keys, len(self.mask), rows), _zeros_rows(layer.values, len(self.mask), rows))
+                for layer in part.layers()
+            ])
+            self.mask = _zeros_rows(part.mask, len(self.mask), rows)
+            return
+        if new > width:  # widen on the left with padding columns
+            for layer in self.layers():
+                layer.keys = _pad_left(layer.keys, new - width, dim=2)
+                layer.values = _pad_left(layer.values, new - width, dim=2)
+            self.mask = _pad_left(self.mask, new - width, dim=1)
+            width = new
+        for layer, fresh in zip(self.layers(), part.layers()):
+            layer.keys[rows] = 0
+            layer.values[rows] = 0
+            layer.keys[rows, :, width - new :] = fresh.keys
+            layer.values[rows, :, width - new :] = fresh.values
+        self.mask[rows] = 0
+        self.mask[rows, width - new :] = part.mask
+        self.trim()
+
+
+def _zeros_rows(t: torch.Tensor, n_rows: int, rows: torch.Tensor) -> torch.Tensor:
+    """A tensor of ``n_rows`` rows, zero except ``rows``, which hold ``t``'s rows."""
+    out = t.new_zeros((n_rows, *t.shape[1:]))
+    out[rows] = t
+    return out
+
+
+def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
 @dataclass
@@ -87,6 +152,8 @@ class HFModel:
     """
 
     is_encoder_decoder = False
+    static_rows = False  # the row count may change: finished rows are dropped
+    ragged_rows = True  # rows may hold different lengths: prefill while others decode, speculative drafts
 
     def __init__(
         self,
@@ -114,6 +181,8 @@ class HFModel:
         self.device = next(model.parameters()).device
         self.vocab_size = head.weight.shape[0]
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        self.num_parameters = sum(p.numel() for p in model.parameters())
+        self.draft: Any = None  # a draft model's Backend for speculative decoding (see evalkit.models.draft)
         # lm-eval's prefix token: conditions empty contexts and the first rolling window.
         self.prefix_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self._prefix_text = tokenizer.decode(self.prefix_token_id)
@@ -209,17 +278,17 @@ class HFModel:
         return responses
 
     def generate(self, requests: Sequence[Generate], decoding: Any, on_done: OnDone | None = None) -> list[Response]:
-        """Run evalkit's shared decoding loop on this model (see :mod:`evalkit.decoding`).
+        """Run evalkit's generation scheduler on this model (see :mod:`evalkit.decoding.scheduler`).
 
-        The loop refuses, before any compute, a prompt whose tokens plus its
-        new-token budget exceed ``max_length``.
+        The scheduler refuses, before any compute, a prompt whose tokens plus
+        its new-token budget exceed ``max_length``.
         """
         from evalkit.decoding import generate as run_decoding
 
         with self.inference():
             return run_decoding(
                 backend=self, tokenizer=self.tokenizer, requests=requests, config=decoding, batch_size=self.batch_size,
-                on_done=on_done,
+                on_done=on_done, draft=self.draft,
             )
 
     # ------------------------------------------------------------------ scoring
@@ -298,15 +367,24 @@ class HFModel:
 
     # ------------------------------------------------------------------ Backend
 
-    def new_cache(self, batch: int, max_len: int) -> HFCache:
+    def new_cache(self, rows: int, max_len: int) -> HFCache:
         from transformers import DynamicCache
 
-        return HFCache(kv=DynamicCache(config=self.model.config), mask=self._empty_mask(batch))
+        # Plain DynamicLayers (no config): every layer keeps every column, which splicing and truncation need.
+        return HFCache(kv=DynamicCache(), mask=self._empty_mask(rows))
+
+    def prefill(self, cache: HFCache, rows: torch.Tensor, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The prompts run as their own left-padded batch, and their cache is spliced into ``rows``."""
+        ids, positions = left_pad(prompts, self.device)
+        part = self.new_cache(len(prompts), ids.shape[1])
+        logits = self.forward(ids, positions, part, last_only=True)[:, -1]
+        cache.splice(rows.to(self.device), part)
+        return logits
 
     def forward(
         self, token_ids: torch.Tensor, positions: torch.Tensor, cache: HFCache, *, last_only: bool = False
     ) -> torch.Tensor:
-        """Append ``token_ids`` to the cache and return float32 logits ``[batch, steps or 1, vocab]``.
+        """Append ``token_ids`` to the cache and return float32 logits ``[rows, steps or 1, vocab]``.
 
         Padding slots (position -1) enter the attention mask as 0 and get the
         position id 1, exactly as ``generate`` prepares left-padded inputs
@@ -316,7 +394,7 @@ class HFModel:
         cache.mask = torch.cat([cache.mask, real.long()], dim=1)
         with self.inference():
             hidden = self.model.base_model(
-                input_ids=token_ids,
+                input_ids=token_ids.clamp(min=0),
                 attention_mask=cache.mask,
                 position_ids=positions.masked_fill(~real, 1),
                 past_key_values=cache.kv,
@@ -327,9 +405,17 @@ class HFModel:
             return self.project(hidden).float()
 
     def reorder_cache(self, cache: HFCache, index: torch.Tensor) -> HFCache:
-        cache.kv.reorder_cache(index.to(self.device))
-        cache.mask = cache.mask.index_select(0, index.to(cache.mask.device))
+        index = index.to(self.device)
+        for layer in cache.layers():
+            layer.keys, layer.values = layer.keys[index], layer.values[index]
+        cache.mask = cache.mask[index]
+        cache.trim()
         return cache
+
+    def truncate(self, cache: HFCache, lengths: torch.Tensor) -> None:
+        """A row keeps its first ``lengths[row]`` real tokens; the columns after them become padding."""
+        cache.mask = cache.mask * (cache.mask.cumsum(dim=1) <= lengths.to(cache.mask.device)[:, None])
+        cache.trim()
 
     def _empty_mask(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, 0, dtype=torch.long, device=self.device)
@@ -346,6 +432,7 @@ class HFSeq2SeqModel(HFModel):
     """
 
     is_encoder_decoder = True
+    ragged_rows = False  # decoder positions follow the cache's columns: every row starts together
 
     def loglikelihood_rolling(self, requests: Sequence[RollingLoglikelihood]) -> list[Response]:
         raise EvalkitError(
@@ -370,21 +457,22 @@ class HFSeq2SeqModel(HFModel):
         kv = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
         return Seq2SeqCache(kv=kv, mask=self._empty_mask(batch))
 
-    def prefill(self, cache: Seq2SeqCache, prompt_ids: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
-        """Encode the prompts and take the decoder's first step; float32 logits ``[batch, vocab]``.
+    def prefill(self, cache: Seq2SeqCache, rows: torch.Tensor, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Encode the prompts and take the decoder's first step; float32 logits ``[rows, vocab]``.
 
-        ``prompt_ids`` is a list of token lists or a tensor padded with -1 (as
-        the decoding loop passes it); the encoder gets them right-padded, as
-        their own tokenizers pad.
+        The encoder gets the prompts right-padded, as their own tokenizers pad.
+        Decoder positions follow the cache's columns here, so rows cannot start
+        at different times (``ragged_rows`` is False): ``rows`` is every row of
+        a fresh cache, and the scheduler admits the next prompts as a new wave.
         """
-        if isinstance(prompt_ids, torch.Tensor):
-            prompt_ids = [[t for t in row if t >= 0] for row in prompt_ids.tolist()]
-        input_ids, attention_mask = self._right_pad(prompt_ids)
+        if len(rows) != len(cache.mask) or cache.encoder_hidden is not None:
+            raise EvalkitError("an encoder-decoder cache is prefilled once, for all its rows; start a new cache")
+        input_ids, attention_mask = self._right_pad([list(p) for p in prompts])
         with self.inference():
             encoder = self.model.get_encoder()
             cache.encoder_hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         cache.encoder_mask = attention_mask
-        start = torch.full((len(prompt_ids), 1), self._decoder_start_token_id(), dtype=torch.long, device=self.device)
+        start = torch.full((len(prompts), 1), self._decoder_start_token_id(), dtype=torch.long, device=self.device)
         return self.forward(start, torch.zeros_like(start), cache, last_only=True)[:, -1]
 
     def forward(
@@ -415,6 +503,9 @@ class HFSeq2SeqModel(HFModel):
             cache.encoder_hidden = cache.encoder_hidden.index_select(0, index)
             cache.encoder_mask = cache.encoder_mask.index_select(0, index)
         return cache
+
+    def truncate(self, cache: Seq2SeqCache, lengths: torch.Tensor) -> None:
+        raise EvalkitError(f"{self.name} is an encoder-decoder model; speculative decoding needs a causal LM")
 
     def _decoder_start_token_id(self) -> int:
         start = getattr(self.model.generation_config, "decoder_start_token_id", None)

@@ -92,9 +92,17 @@ class KVCache:
         return int(self.lengths.max()) if self.batch else 0
 
     def reorder(self, index: torch.Tensor) -> "KVCache":
-        """Keep rows ``index`` (repeats allowed, for beams and shared prefixes), copying only the used slots."""
+        """Row ``i`` becomes old row ``index[i]`` (repeats allowed, for beams and shared prompts), copying only the
+        used slots. The row count may change; when it does not, the tensors are updated in place, so a captured
+        decode step (which holds their addresses) stays valid."""
         index = index.to(self.k.device)
         used = self.used()
+        if len(index) == self.batch:
+            self.k[:, :, :, :used] = self.k[:, index, :, :used]
+            self.v[:, :, :, :used] = self.v[:, index, :, :used]
+            self.pos.copy_(self.pos[index])
+            self.lengths.copy_(self.lengths[index])
+            return self
         k = self.k.new_zeros((self.k.shape[0], len(index), *self.k.shape[2:]))
         v = torch.zeros_like(k)
         k[:, :, :, :used] = self.k[:, index, :, :used]
@@ -103,6 +111,12 @@ class KVCache:
         self.pos = self.pos[index]
         self.lengths = self.lengths[index]
         return self
+
+    def truncate(self, lengths: torch.Tensor) -> None:
+        """Each row keeps its first ``lengths[row]`` slots (speculative decoding takes back rejected drafts)."""
+        slots = torch.arange(self.pos.shape[1], device=self.pos.device)
+        self.pos.masked_fill_(slots[None, :] >= lengths[:, None], -1)
+        self.lengths.copy_(lengths)
 
     def reset_rows(self, rows: torch.Tensor) -> None:
         """Free ``rows`` for new requests (continuous batching): their slots become empty."""

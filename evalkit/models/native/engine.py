@@ -2,12 +2,13 @@
 
 Where an evaluation spends its time, and what the engine does about it:
 
-* generation (greedy) runs with continuous batching: a queue of prompts, a
-  fixed number of cache rows, and each row a finished request frees is
-  prefilled with the next prompt, so a long answer never holds a batch of
-  short ones hostage. Every other strategy (sampling, penalties, beams) goes
-  through the shared decoding loop over the Backend methods, so it is the
-  same algorithm as on every other white-box adapter;
+* generation is evalkit's one scheduler (:mod:`evalkit.decoding.scheduler`:
+  every strategy, continuous batching, speculative decoding) over this
+  engine's Backend methods; the engine keeps no generation loop. What it
+  adds is speed underneath: a KV cache with per-row slots (a row restarts
+  without moving the others), prompts prefilled a chunk of tokens at a time,
+  packed decode-sized matmuls on CPU, and on CUDA a decode step captured as
+  a CUDA graph over a cache whose shape is kept between calls;
 * loglikelihood computes every shared token prefix once: a 4-way
   multiple-choice item costs one context, not four, and items sharing a
   few-shot prompt or a label, or endings sharing their first words, share
@@ -25,21 +26,19 @@ Where an evaluation spends its time, and what the engine does about it:
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
 from evalkit.decoding.config import DecodingConfig
-from evalkit.decoding.stops import cut_at_stop
-from evalkit.errors import EvalkitError
 from evalkit.models.logprobs import document_groups, target_logprobs
 from evalkit.models.native.cache import KVCache, bytes_per_token
 from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.model import Transformer, can_pack_linears
 from evalkit.models.native.tokens import encode_pair, prefix_token_id, rolling_windows, tok_encode, truncate_pair
 from evalkit.models.native.weights import build_model
+from evalkit.models.padding import left_pad
 from evalkit.requests import Generate, Loglikelihood, Response, RollingLoglikelihood, Timing
 
 # Where the shared part outweighs the new part, a prefix tree grows to this many tokens. Sharing a 600-token
@@ -129,26 +128,11 @@ def _subtree_ends(depths: list[int]) -> list[int]:
     return ends
 
 
-@dataclass
-class _Slot:
-    """A generation request living in one cache row."""
-
-    index: int
-    max_new: int
-    stop: tuple[str, ...]
-    prompt_tokens: int
-    ignore_eos: bool
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-
-
 class NativeModel:
     """The native engine behind ``--backend native``; see the module docstring for what it optimises.
 
-    ``batch_size`` is the number of cache rows generation runs with (and what
-    the shared decoding loop batches by); scoring packs its rows by tokens
+    ``batch_size`` is the number of requests generation runs at once (the
+    scheduler's cache rows, times beams or samples); scoring packs its rows by tokens
     instead, ``token_budget`` per forward call, since a row of a
     multiple-choice item and a 1024-token perplexity window differ 10x in cost.
     """
@@ -185,6 +169,8 @@ class NativeModel:
         self.token_budget = token_budget or (1024 if self.device.type == "cpu" else 16384)
         self.pack_tokens = pack_tokens  # scoring: the size a prefix tree grows to, and the rows trees are packed into
         self._announced = 0
+        self.num_parameters = sum(p.numel() for p in model.parameters())
+        self.draft: Any = None  # a draft model's Backend for speculative decoding (see evalkit.models.draft)
         # CUDA: the decode step reads the whole cache (static shapes) under torch.compile "reduce-overhead",
         # which captures it as a CUDA graph. On CPU the eager step reads only the used slots.
         self.static_decode = self.device.type == "cuda" if compile is None else compile
@@ -192,6 +178,8 @@ class NativeModel:
             model.pack_linears()
         self._decode = self._compiled_decode() if self.static_decode else None
         self._static_cache: KVCache | None = None
+        self.static_rows = self.static_decode  # a captured decode step is specialised to the row count
+        self.ragged_rows = True
 
     # ---------------------------------------------------------------- construction
 
@@ -217,47 +205,64 @@ class NativeModel:
 
     # ---------------------------------------------------------------- Backend
 
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
-        need = bytes_per_token(self.config, self.dtype) * batch * (max_len + 1)
-        announce = need > self._announced  # say it once per new high-water mark, not on every batch
-        self._announced = max(self._announced, need)
-        cache = KVCache.allocate(self.config, batch, max_len, self.dtype, self.device, announce)
-        if self.static_decode:
-            for t in (cache.k, cache.v, cache.pos, cache.lengths):
-                torch._dynamo.mark_static_address(t, guard=False)  # a new cache re-records the graph, no recompile
-        return cache
+    def new_cache(self, rows: int, max_len: int) -> KVCache:
+        """Eager decoding gets a cache sized to the requests.
 
-    def _generation_cache(self, rows: int, need: int) -> KVCache:
-        """The cache greedy generation runs in.
-
-        Eager decoding gets a cache sized to the requests. A captured decode
-        step (CUDA graph) reads the whole cache, so its length is rounded up to
-        a power of two and the cache is kept and reused by the next call of
-        the same shape: every call after the first replays the graph instead
-        of recording (or compiling) a new one.
+        A captured decode step (CUDA graph) reads the whole cache, so its
+        length is rounded up to a power of two and the cache is kept and reused
+        by the next call of the same shape: every call after the first replays
+        the graph instead of recording (or compiling) a new one.
         """
         if not self.static_decode:
-            return self.new_cache(rows, need)
-        length = max(256, 1 << (need - 1).bit_length())
+            return self._allocate(rows, max_len)
+        length = max(256, 1 << (max_len - 1).bit_length())
         cache = self._static_cache
         if cache is not None and cache.batch == rows and cache.max_len == length:
             cache.reset_rows(torch.arange(rows, device=self.device))
             return cache
         self._static_cache = None  # release the old one before allocating its successor
-        self._static_cache = self.new_cache(rows, length)
+        self._static_cache = self._allocate(rows, length)
         return self._static_cache
+
+    def _allocate(self, rows: int, max_len: int) -> KVCache:
+        need = bytes_per_token(self.config, self.dtype) * rows * (max_len + 1)
+        announce = need > self._announced  # say it once per new high-water mark, not on every call
+        self._announced = max(self._announced, need)
+        cache = KVCache.allocate(self.config, rows, max_len, self.dtype, self.device, announce)
+        if self.static_decode:
+            for t in (cache.k, cache.v, cache.pos, cache.lengths):
+                torch._dynamo.mark_static_address(t, guard=False)  # a new cache re-records the graph, no recompile
+        return cache
+
+    @torch.inference_mode()
+    def prefill(self, cache: KVCache, rows: torch.Tensor, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Restart ``rows`` from ``prompts``, fed a chunk of ``token_budget`` tokens at a time; next-token logits."""
+        rows = rows.to(self.device)
+        cache.reset_rows(rows)
+        tokens, positions = left_pad(prompts, self.device)
+        step = max(1, self.token_budget // tokens.shape[0])
+        for s in range(0, tokens.shape[1], step):
+            hidden = self.model(tokens[:, s : s + step], positions[:, s : s + step], cache, rows)
+        return self.model.logits(hidden[:, -1]).float()
 
     @torch.inference_mode()
     def forward(
         self, token_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, *, last_only: bool = False
     ) -> torch.Tensor:
-        hidden = self.model(token_ids, positions, cache)
+        """Every row gains its tokens; a one-token step over a static cache replays the captured graph."""
+        if self._decode is not None and token_ids.shape[1] == 1 and cache is self._static_cache:
+            hidden = self._decode(token_ids, positions, cache)
+        else:
+            hidden = self.model(token_ids, positions, cache)
         if last_only:
             hidden = hidden[:, -1:]
         return self.model.logits(hidden).float()
 
     def reorder_cache(self, cache: KVCache, index: torch.Tensor) -> KVCache:
         return cache.reorder(index)
+
+    def truncate(self, cache: KVCache, lengths: torch.Tensor) -> None:
+        cache.truncate(lengths.to(self.device))
 
     # ---------------------------------------------------------------- scoring
 
@@ -388,139 +393,14 @@ class NativeModel:
             results[m] = (lps[offset : offset + n], all(hits[offset : offset + n]), timing)
             offset += n
 
-    def _prefill(
-        self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, rows: torch.Tensor
-    ) -> torch.Tensor:
-        """Feed left-padded prompts into cache ``rows`` a chunk of columns at a time; last hidden state per row."""
-        step = max(1, self.token_budget // tokens.shape[0])
-        for s in range(0, tokens.shape[1], step):
-            hidden = self.model(tokens[:, s : s + step], positions[:, s : s + step], cache, rows)
-        return hidden[:, -1]
-
     # ---------------------------------------------------------------- generation
 
     def generate(self, requests: Sequence[Generate], decoding: DecodingConfig, on_done: OnDone | None = None) -> list[Response]:
-        """Plain greedy: the continuous-batching fast path; any other strategy: the shared decoding loop."""
-        if not requests:
-            return []
-        if not _plain_greedy(decoding):
-            from evalkit.decoding import generate as shared_generate
+        """Every strategy through evalkit's one scheduler, on this engine's cache."""
+        from evalkit.decoding import generate as run_decoding
 
-            return shared_generate(self, self.tokenizer, list(requests), decoding, self.batch_size, on_done=on_done)
-        return self._generate_greedy(list(requests), decoding, on_done)
-
-    @torch.inference_mode()
-    def _generate_greedy(self, requests: list[Generate], decoding: DecodingConfig, on_done: OnDone | None = None) -> list[Response]:
-        """Greedy decoding with continuous batching over ``batch_size`` cache rows."""
-        budgets = [decoding.max_new_tokens or r.max_new_tokens for r in requests]
-        prompts = [list(self.tokenizer.encode(r.prompt)) for r in requests]
-        for ids, n in zip(prompts, budgets):  # the shared loop's checks, so both paths accept the same requests
-            if not ids:
-                raise EvalkitError("a Generate request has an empty prompt (no tokens); give it some text")
-            if n < 1 or len(ids) + n > self.max_length:
-                raise EvalkitError(
-                    f"a prompt of {len(ids)} tokens plus max_new_tokens={n} does not fit the model's context of "
-                    f"{self.max_length} tokens; shorten the prompt or lower max_new_tokens (>= 1)"
-                )
-        queue = deque(sorted(range(len(requests)), key=lambda i: -len(prompts[i])))
-        n_rows = min(self.batch_size, len(requests))
-        cache = self._generation_cache(n_rows, max(len(p) + n for p, n in zip(prompts, budgets)))
-        slots: list[_Slot | None] = [None] * n_rows
-        out: list[Response | None] = [None] * len(requests)
-        last_token = torch.zeros(n_rows, dtype=torch.long, device=self.device)
-        eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=self.device)
-        while queue or any(slots):
-            free = [i for i, s in enumerate(slots) if s is None]
-            if free and queue:  # prefill waiting prompts into the freed rows
-                t0 = time.perf_counter()
-                admitted = [(row, queue.popleft()) for row in free[: len(queue)]]
-                rows = torch.tensor([row for row, _ in admitted], device=self.device)
-                cache.reset_rows(rows)
-                tokens, positions = _left_pad([prompts[i] for _, i in admitted], self.device)
-                logits = self.model.logits(self._prefill(tokens, positions, cache, rows)).float()
-                picked, picks = self._pick(logits, [0] * len(admitted), decoding, eos)
-                last_token[rows] = picked
-                prefill_s = (time.perf_counter() - t0) / len(admitted)
-                done = {}
-                for (row, i), (token, lp) in zip(admitted, picks):
-                    stop = tuple(requests[i].stop) + tuple(decoding.stop)
-                    slots[row] = _Slot(i, budgets[i], stop, len(prompts[i]), decoding.ignore_eos, prefill_s=prefill_s)
-                    self._advance(slots, row, token, lp, out)
-                    if slots[row] is None:
-                        done[i] = out[i]
-                if on_done is not None and done:
-                    on_done(done)
-                continue  # admit more before decoding if rows finished at once
-            if not queue and not all(slots) and not self.static_decode:
-                # Nothing left to admit: drop finished rows so they cost nothing more.
-                keep = [i for i, s in enumerate(slots) if s is not None]
-                index = torch.tensor(keep, device=self.device)
-                cache.reorder(index)
-                last_token = last_token[index]
-                slots = [slots[i] for i in keep]
-            t0 = time.perf_counter()
-            active = torch.tensor([s is not None for s in slots], device=self.device)
-            positions = torch.where(active, cache.lengths, -1)[:, None]
-            if self._decode is not None:
-                hidden = self._decode(last_token[:, None], positions, cache)
-            else:
-                hidden = self.model(last_token[:, None], positions, cache)
-            logits = self.model.logits(hidden[:, -1]).float()
-            generated = [len(s.tokens) if s else 0 for s in slots]
-            last_token, picks = self._pick(logits, generated, decoding, eos)  # finished rows' picks go unused
-            share = (time.perf_counter() - t0) / sum(s is not None for s in slots)  # split as the shared loop does
-            done = {}
-            for row, (token, lp) in enumerate(picks):
-                if slots[row] is not None:
-                    slots[row].decode_s += share
-                    i = slots[row].index
-                    self._advance(slots, row, token, lp, out)
-                    if slots[row] is None:
-                        done[i] = out[i]
-            if on_done is not None and done:
-                on_done(done)
-        return out  # type: ignore[return-value]
-
-    def _pick(
-        self, logits: torch.Tensor, generated: list[int], decoding: DecodingConfig, eos: torch.Tensor
-    ) -> tuple[torch.Tensor, list[tuple[int, float]]]:
-        """Greedy token per row (on the device, for the next step) and (token, logprob) per row (on the host,
-        one transfer); EOS is barred until ``min_new_tokens`` (as HF does)."""
-        logprobs = torch.log_softmax(logits, dim=-1)
-        scores = logprobs
-        if decoding.min_new_tokens and not decoding.ignore_eos and len(eos):
-            early = torch.tensor([g < decoding.min_new_tokens for g in generated], device=logits.device)
-            scores = logprobs.clone()
-            scores[early[:, None] & torch.isin(torch.arange(logits.shape[1], device=logits.device), eos)] = -float("inf")
-        tokens = scores.argmax(-1)
-        host = torch.stack([tokens.double(), logprobs.gather(1, tokens[:, None])[:, 0].double()]).tolist()
-        return tokens, [(int(t), lp) for t, lp in zip(*host)]
-
-    def _advance(self, slots: list[_Slot | None], row: int, token: int, logprob: float, out: list) -> None:
-        """Append ``token`` to the request in ``row``; on EOS, a stop string or the budget, free the row."""
-        s = slots[row]
-        s.tokens.append(token)
-        s.logprobs.append(logprob)
-        text, hit = cut_at_stop(self.tokenizer, s.tokens, s.stop) if s.stop else (None, False)
-        if token in self.eos_token_ids and not s.ignore_eos:  # the shared loop's order: EOS, stop, budget
-            reason = "eos"
-        elif hit:
-            reason = "stop"
-        elif len(s.tokens) >= s.max_new:
-            reason = "length"
-        else:
-            return
-        if text is None:
-            text = self.tokenizer.decode(s.tokens, skip_special_tokens=True)
-        out[s.index] = Response(
-            text=text,
-            token_ids=s.tokens,
-            token_logprobs=s.logprobs,
-            logprob=sum(s.logprobs),
-            finish_reason=reason,
-            timing=Timing(s.prefill_s, s.decode_s, s.prompt_tokens, len(s.tokens)),
-        )
-        slots[row] = None
+        return run_decoding(self, self.tokenizer, list(requests), decoding, self.batch_size, on_done=on_done,
+                            draft=self.draft)
 
     def _compiled_decode(self):
         """The decode step under torch.compile "reduce-overhead" (a CUDA graph on CUDA).
@@ -534,30 +414,6 @@ class NativeModel:
             return model(tokens, positions, cache, static=True)
 
         return torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
-
-
-def _plain_greedy(d: DecodingConfig) -> bool:
-    """Greedy without penalties or beams: what the continuous-batching fast path implements."""
-    return (
-        d.num_beams == 1
-        and d.temperature == 0
-        and d.num_return_sequences == 1
-        and d.repetition_penalty in (None, 1.0)
-        and not d.frequency_penalty
-        and not d.presence_penalty
-        and not d.no_repeat_ngram_size
-    )
-
-
-def _left_pad(seqs: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and positions (0 upwards; -1 on padding) for prompts of different lengths, aligned right."""
-    width = max(map(len, seqs))
-    tokens = torch.zeros(len(seqs), width, dtype=torch.long)
-    positions = torch.full((len(seqs), width), -1, dtype=torch.long)
-    for i, seq in enumerate(seqs):
-        tokens[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        positions[i, width - len(seq):] = torch.arange(len(seq))
-    return tokens.to(device), positions.to(device)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
