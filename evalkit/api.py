@@ -39,7 +39,7 @@ def evaluate(
     limit: int | None = None,
     data_dir: str | Path | None = None,
     *,
-    backend: str = "hf",
+    backend: str = "auto",
     device: str = "cpu",
     dtype: str | None = None,
     batch_size: int = 8,
@@ -55,6 +55,7 @@ def evaluate(
     apply_chat_template: bool | str = False,
     system_instruction: str | None = None,
     fewshot_as_multiturn: bool = False,
+    draft_model: str | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``tasks`` under every ``decoding`` strategy; return the results.json structure.
 
@@ -64,6 +65,21 @@ def evaluate(
     user can get wrong (task names, data files, decoding specs) is checked
     before a model is loaded. ``tasks`` may name lm-evaluation-harness tasks as
     ``lm_eval:<name>`` (see :mod:`evalkit.integrations.lm_eval_tasks`).
+
+    ``backend``: ``"auto"`` (the default) loads a model given by name on the
+    native engine when it runs the model's architecture and ``dtype``, else
+    with transformers (``"hf"``); see
+    :func:`evalkit.models.registry.resolve_backend`. ``"hf"``, ``"native"`` and
+    ``"openai"`` force an adapter. An in-memory transformers model resolves
+    ``"auto"`` to ``"hf"``: the live module is evaluated in place, never copied
+    (``backend="native"`` takes a copy of its weights into the native engine).
+    results.json records the backend that ran, never ``"auto"``.
+
+    Speculative decoding: the ``draftK`` strategies draft with a second,
+    smaller model of the same tokenizer, ``draft_model`` (a registry name or
+    path, loaded with backend auto on the model's device and ``dtype``); it is
+    recorded in each such strategy's settings (and so in its cache key). The
+    ``lookupK`` strategies need no draft model.
 
     For training loops: ``flat=True`` returns :func:`flatten`'s
     ``{"task/metric": value}`` dict for a logger; ``every=N, step=s`` evaluates
@@ -92,10 +108,19 @@ def evaluate(
     _check_prompt_options(apply_chat_template, system_instruction, fewshot_as_multiturn)
     task_objects = _resolve_tasks(tasks, data_dir)
     decodings = _resolve_decodings(decoding, seed)
+    decodings, draft_name = _attach_draft_model(decodings, draft_model)
     ranks = dist.setup(device) if distributed is not False else dist.SINGLE
     device = dist.local_device(device, ranks)
+    if draft_name is not None and backend == "openai":
+        from evalkit.models.draft import no_logits_error
+
+        raise no_logits_error(str(model))
     with dist.main_first(ranks):
-        language_model, model_id = _resolve_model(model, tokenizer, backend, device, dtype, batch_size)
+        language_model, model_id, backend = _resolve_model(model, tokenizer, backend, device, dtype, batch_size)
+        if draft_name is not None:
+            from evalkit.models.draft import load_draft
+
+            load_draft(language_model, draft_name, device=device, dtype=dtype, batch_size=batch_size)
     fmt = _prompt_format(language_model, task_objects, apply_chat_template, system_instruction, fewshot_as_multiturn)
     model_id = model_id + fmt.cache_tag() if model_id else model_id
     response_cache = _open_cache(cache) if model_id else None
@@ -113,6 +138,7 @@ def evaluate(
         "bootstrap": bootstrap,
         "data_dir": str(data_dir) if data_dir is not None else None,
         "world_size": ranks.size,
+        "draft_model": draft_name,
     }
     if hasattr(language_model, "ignored_fields"):  # black-box servers: which settings they could not honour
         config["ignored_decoding_fields"] = {decoding_label(d): language_model.ignored_fields(d) for d in decodings}
@@ -194,6 +220,54 @@ def _resolve_decodings(decoding: Any, seed: int) -> list[DecodingConfig]:
     return configs
 
 
+def _attach_draft_model(decodings: list[DecodingConfig], draft_model: str | None) -> tuple[list[DecodingConfig], str | None]:
+    """Every drafting strategy gets ``draft_model`` (so its settings and cache key name it); the one draft model of the run.
+
+    Checked before any model loads: a drafting strategy needs a draft model,
+    and a run has one draft model. A draft model no strategy uses is a warning.
+    """
+    drafting = [c for c in decodings if c.speculative == "draft"]
+    if draft_model is not None:
+        if not isinstance(draft_model, (str, Path)) or not str(draft_model).strip():
+            raise EvalkitError("draft_model must be a model name or path (a smaller model with the same tokenizer)")
+        draft_model = str(draft_model)
+        if not drafting:
+            _warn(
+                f"warning: the draft model {draft_model} is not used: no decoding strategy drafts with a model "
+                "(draftK strategies do, e.g. draft4)"
+            )
+            return decodings, None
+        decodings = [replace(c, draft_model=draft_model) if c.speculative == "draft" else c for c in decodings]
+        return decodings, draft_model
+    missing = [c for c in drafting if not c.draft_model]
+    if missing:
+        label, k = decoding_label(missing[0]), missing[0].num_speculative_tokens
+        raise EvalkitError(
+            f"decoding {label!r} drafts with a second model: pass draft_model=NAME (a smaller model with the same "
+            f"tokenizer), or use lookup{k}, which needs none"
+        )
+    names = sorted({c.draft_model for c in drafting})
+    if len(names) > 1:
+        raise EvalkitError(
+            f"the decoding strategies draft with {len(names)} different models ({', '.join(names)}): a run has one "
+            "draft model; pass draft_model=NAME to use one for all"
+        )
+    return decodings, (names[0] if names else None)
+
+
+def _warn(message: str) -> None:
+    """One line to the installed progress reporter (the CLI's stderr); a Python warning when none is installed."""
+    from evalkit import progress
+
+    reporter = progress.current()
+    if reporter is progress._SILENT:
+        import warnings
+
+        warnings.warn(message.removeprefix("warning: "), stacklevel=4)
+    else:
+        reporter.note(message)
+
+
 def _check_prompt_options(apply_chat_template: bool | str, system_instruction: str | None, multiturn: bool) -> None:
     """Prompt options that contradict each other or name a broken template file fail before any model loads."""
     from evalkit.tasks.chat import read_template_file, template_file
@@ -250,33 +324,51 @@ def _prompt_format(
 
 def _resolve_model(
     model: Any, tokenizer: Any, backend: str, device: str, dtype: str | None, batch_size: int
-) -> tuple[LanguageModel, str | None]:
-    """Return the adapter and its cache identity (None for live objects, whose weights may change between calls)."""
-    if isinstance(model, (str, Path)):
-        from evalkit.models.registry import load_model
+) -> tuple[LanguageModel, str | None, str]:
+    """Return the adapter, its cache identity (None for live objects, whose weights may change between calls) and
+    the backend that runs it (``auto`` resolved)."""
+    from evalkit.models.registry import BACKENDS
 
+    if backend not in BACKENDS:
+        raise EvalkitError(f"unknown backend {backend!r}; use {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}")
+    if isinstance(model, (str, Path)):
+        from evalkit.models.registry import load_model, resolve_backend
+
+        if backend != "openai":
+            backend, _ = resolve_backend(str(model), backend, dtype)  # auto: decided and announced here
         adapter = load_model(str(model), backend=backend, device=device, dtype=dtype, batch_size=batch_size)
-        return adapter, f"{backend}|{model}|{dtype}|{adapter.max_length}"
+        return adapter, f"{backend}|{model}|{dtype}|{adapter.max_length}", backend
     if isinstance(model, LanguageModel):
-        return model, None
+        return model, None, _adapter_backend(model) if backend == "auto" else backend
     if isinstance(model, torch.nn.Module):
         if tokenizer is None:
             raise EvalkitError("evaluate() got a model object without its tokenizer: pass tokenizer=...")
         if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
             model = model.module
+        if backend == "openai":
+            raise EvalkitError("backend='openai' evaluates a model served over HTTP: pass its URL, not a model object")
         if backend == "native":  # the native engine holds its own copy of the weights, taken now
             from evalkit.models.native import NativeModel
 
-            return NativeModel.from_hf(model, tokenizer, batch_size=batch_size), None
+            return NativeModel.from_hf(model, tokenizer, batch_size=batch_size), None, "native"
         from evalkit.models.hf import HFModel, HFSeq2SeqModel
 
         seq2seq = getattr(model.config, "is_encoder_decoder", False)
         adapter = (HFSeq2SeqModel if seq2seq else HFModel)(model, tokenizer, batch_size=batch_size)
         adapter.encode = _memoized_encode(adapter.encode, tokenizer)
-        return adapter, None
+        return adapter, None, "hf"  # auto too: the live module is evaluated in place
     raise EvalkitError(
         f"evaluate() cannot use a model of type {type(model).__name__}: pass a model name, a path, or a transformers model"
     )
+
+
+def _adapter_backend(model: LanguageModel) -> str:
+    """The backend an already-built adapter is: hf, native or openai by its module, else its class name."""
+    module = type(model).__module__
+    for prefix, name in (("evalkit.models.native", "native"), ("evalkit.models.openai", "openai"), ("evalkit.models.hf", "hf")):
+        if module == prefix or module.startswith(prefix + "."):
+            return name
+    return type(model).__name__
 
 
 def _open_cache(cache: bool | str | Path) -> ResponseCache | None:

@@ -122,10 +122,13 @@ def progress_reporter():
 def add_run_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("run", help="evaluate a model on tasks under decoding strategies")
     p.add_argument("--model", required=True, help="registry alias (see `evalkit list models`), hub id, folder or .gguf file")
-    p.add_argument("--backend", default="hf", choices=["hf", "native", "openai"], help="model adapter (default: hf)")
+    p.add_argument("--backend", default="auto", choices=["auto", "hf", "native", "openai"],
+                   help="model adapter (default: auto, the native engine where it runs the model, else hf)")
     p.add_argument("--tasks", required=True, help="comma-separated task names, suites or YAML files (see `evalkit list tasks`)")
     p.add_argument("--decoding", default=None, help="comma-separated strategies, e.g. greedy,beam4,top-p0.9 (default: greedy)")
     p.add_argument("--decoding-file", type=Path, help="YAML file with a grid of decoding configs (added to --decoding)")
+    p.add_argument("--draft-model", default=None, metavar="MODEL",
+                   help="draft model of the draftK strategies (speculative decoding): a smaller model with the same tokenizer")
     p.add_argument("--limit", type=_positive_int, help="evaluate only the first N items of each task")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts scored or generated together (default: 8)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -167,7 +170,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from evalkit.decoding import load_decoding_file
 
         decoding.extend(load_decoding_file(args.decoding_file))
-    output = args.output or fresh_run_dir(args.model, args.backend)
+    from evalkit.models.registry import resolve_backend
+
+    backend, _ = resolve_backend(args.model, args.backend, args.dtype)  # auto: chosen (and said) once, here
+    output = args.output or fresh_run_dir(args.model, backend)
     if args.output is None:
         check_output_dir(output, "the default results folder (pass --output DIR)")
     main = is_main_process()  # under torchrun only rank 0 shows progress and prints
@@ -180,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             decoding=decoding or "greedy",
             limit=args.limit,
             data_dir=args.data_dir,
-            backend=args.backend,
+            backend=backend,
             device=args.device,
             dtype=args.dtype,
             batch_size=args.batch_size,
@@ -192,6 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             apply_chat_template=args.apply_chat_template,
             system_instruction=args.system_instruction,
             fewshot_as_multiturn=args.fewshot_as_multiturn,
+            draft_model=args.draft_model,
         )
     finally:
         if progress is not None:
@@ -610,7 +617,7 @@ API_FLAGS = {
     "batch_size": "--batch-size", "device": "--device", "dtype": "--dtype", "seed": "--seed", "bootstrap": "--bootstrap",
     "n_resamples": "--bootstrap", "data_dir": "--data-dir", "output_dir": "--output", "metrics": "--metrics",
     "apply_chat_template": "--apply-chat-template", "system_instruction": "--system-instruction",
-    "fewshot_as_multiturn": "--fewshot-as-multiturn",
+    "fewshot_as_multiturn": "--fewshot-as-multiturn", "draft_model": "--draft-model",
 }
 _API_ARGUMENT = re.compile(r"(?<![\w.\-\[\"'])(" + "|".join(API_FLAGS) + r")=(?:'([^']*)'|\"([^\"]*)\"|((?:[^\s,;()]*[^\s,;():.])?))")
 _METRIC_OPTION = re.compile(r"""options\[["']([^"']+)["']\](?:\[["']([^"']+)["']\](?:='([^']*)')?)?""")
@@ -840,7 +847,8 @@ PARSER_BUILDERS.extend([add_score_parser, add_meta_eval_parser])
 def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)")
     p.add_argument("--model", required=True, help="registry alias, hub id, folder or .gguf file")
-    p.add_argument("--backend", default="hf", choices=["hf", "native"], help="model adapter (default: hf)")
+    p.add_argument("--backend", default="auto", choices=["auto", "hf", "native"],
+                   help="model adapter (default: auto, the native engine where it runs the model, else hf)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

@@ -454,7 +454,7 @@ def make_server(service: ModelService, host: str = "127.0.0.1", port: int = 8000
 def serve(
     model_name: str,
     *,
-    backend: str = "hf",
+    backend: str = "auto",
     host: str = "127.0.0.1",
     port: int = 8000,
     device: str = "cpu",
@@ -466,8 +466,9 @@ def serve(
     """Load ``model_name`` through the registry and serve it until interrupted.
 
     With ``api_key_env``, requests must carry ``Authorization: Bearer $<that variable>``.
+    ``backend`` auto serves on the native engine where it runs the model, else hf.
     """
-    from evalkit.models.registry import load_model
+    from evalkit.models.registry import load_model, resolve_backend
 
     if backend == "openai":
         raise EvalkitError("evalkit serve needs a local model: use --backend hf or native")
@@ -476,6 +477,7 @@ def serve(
         api_key = os.environ.get(api_key_env)
         if not api_key:
             raise EvalkitError(f"--api-key-env {api_key_env}: the variable is not set; export it or drop the flag")
+    backend, _ = resolve_backend(model_name, backend, dtype)  # auto: chosen and said here
     model = load_model(model_name, backend=backend, device=device, dtype=dtype, batch_size=batch_size)
     service = ModelService(model, served_name or model_name)
     try:

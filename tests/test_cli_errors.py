@@ -220,6 +220,7 @@ def test_cli_message_maps_api_names_to_flags():
         "no default layer; pass --option bertscore.num_layers=N"
     )
     assert cli_message("lm_eval_model=x, my_limit=3") == "lm_eval_model=x, my_limit=3"  # only whole argument names
+    assert cli_message("pass draft_model=NAME, or use backend='hf'") == "pass --draft-model NAME, or use --backend hf"
 
 
 # ----------------------------------------------------------------- 7. run folders
@@ -255,7 +256,8 @@ def test_fresh_default_folder_and_overwrite_replaces_the_old_samples(tmp_path, m
     argv = ["run", "--model", "smollm2-135m", "--tasks", "demo-choice", "--limit", "2", "--bootstrap", "0", "--no-cache"]
     assert main(argv) == 0
     (folder,) = (tmp_path / "runs").iterdir()
-    assert folder.name.startswith("smollm2-135m-hf-") and len(folder.name) == len("smollm2-135m-hf-YYYYmmdd-HHMMSS")
+    # backend auto ran SmolLM2 on the native engine: the folder names the backend that ran
+    assert folder.name.startswith("smollm2-135m-native-") and len(folder.name) == len("smollm2-135m-native-YYYYmmdd-HHMMSS")
     assert str(folder.relative_to(tmp_path)) in capsys.readouterr().out
     assert (folder / "results.json").is_file() and [p.name for p in (folder / "samples").iterdir()] == ["demo-choice__loglikelihood.jsonl"]
 

@@ -82,7 +82,7 @@ def test_backends(monkeypatch):
 
 
 def test_load_model_by_alias(hub_unreachable):
-    model = load_model("smollm2-135m", batch_size=4)
+    model = load_model("smollm2-135m", backend="hf", batch_size=4)  # the default, auto, is native (test_backend_auto.py)
     assert isinstance(model, HFModel) and model.name == "smollm2-135m" and model.batch_size == 4
     assert str(model.device) == "cpu" and model.max_length == 8192
 

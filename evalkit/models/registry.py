@@ -18,6 +18,7 @@ from pathlib import Path
 from evalkit.errors import EvalkitError
 from evalkit.hub import hub_reachable as hub_answers
 from evalkit.models.base import LanguageModel
+from evalkit.progress import current as current_progress
 from evalkit.progress import step
 
 _HUB_TIMEOUT_S = 3.0
@@ -131,24 +132,94 @@ def resolve_model_path(name: str) -> str:
     return name  # a hub id: transformers downloads or finds it in the cache
 
 
+#: What ``backend=`` takes: ``auto`` picks ``native`` or ``hf`` per model (see :func:`resolve_backend`).
+BACKENDS = ("auto", "hf", "native", "openai")
+
+# The precisions the native engine runs (as evalkit.models.native._parse_dtype spells them).
+_NATIVE_DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+
+
+def resolve_backend(name: str, backend: str = "auto", dtype: str | None = None, *, announce: bool = True) -> tuple[str, str]:
+    """The adapter that loads ``name`` and one line saying why: ``("native", "auto: LlamaForCausalLM runs on the native engine")``.
+
+    ``auto`` is ``native`` when the native engine runs the model's architecture
+    (read from its transformers config, see
+    :meth:`evalkit.models.native.config.NativeConfig.from_hf`) in ``dtype``,
+    else ``hf``; an encoder-decoder model is always ``hf``. A GGUF file is
+    converted first (:func:`resolve_model_path`), as loading would. Any other
+    backend is returned as given, with the reason ``"asked for"``. With
+    ``announce``, a decision ``auto`` made is reported as one line
+    (``backend: native (auto: ...)``) to the installed progress reporter
+    (the CLI's stderr; silent in a training loop).
+    """
+    if backend not in BACKENDS:
+        raise EvalkitError(f"unknown backend {backend!r}; use {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}")
+    if backend != "auto":
+        return backend, "asked for"
+    if name.startswith(("http://", "https://")):
+        raise EvalkitError(f"model {name!r} is a server URL: pass backend='openai' to evaluate a model served over HTTP")
+    path = resolve_model_path(name)
+    architecture, why_not = _native_support(path, dtype)
+    if why_not is None:
+        chosen, reason = "native", f"auto: {architecture} runs on the native engine"
+    else:
+        chosen, reason = "hf", f"auto: {why_not}"
+    if announce:
+        current_progress().note(f"backend: {chosen} ({reason})")
+    return chosen, reason
+
+
+def _native_support(path: str, dtype: object) -> tuple[str, str | None]:
+    """The model's architecture name, and why the native engine does not run it (None: it does)."""
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(path)
+    except Exception as err:  # noqa: BLE001 - unreadable here (offline, custom code): transformers' loader says why
+        return Path(path).name or path, f"its transformers config could not be read ({type(err).__name__})"
+    architecture = (getattr(config, "architectures", None) or [None])[0] or str(getattr(config, "model_type", "?"))
+    unsupported = f"the native engine does not support {architecture}"
+    if getattr(config, "is_encoder_decoder", False):
+        return architecture, f"{unsupported} (an encoder-decoder model)"
+    if dtype is not None and str(dtype).removeprefix("torch.") not in _NATIVE_DTYPES:
+        return architecture, f"the native engine does not run dtype {str(dtype).removeprefix('torch.')!r} (only float32, bfloat16, float16)"
+    try:
+        from evalkit.models.native.config import SUPPORTED_MODEL_TYPES, NativeConfig
+    except ImportError as err:
+        return architecture, f"the native engine is not available here ({err})"
+    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return architecture, f"{unsupported} (model_type {config.model_type!r}; it runs {', '.join(SUPPORTED_MODEL_TYPES)})"
+    try:
+        NativeConfig.from_hf(config)
+    except EvalkitError as err:
+        message = str(err).splitlines()[0]
+        for tail in ("; use backend='hf'", " (use backend='hf')"):
+            message = message.removesuffix(tail)
+        return architecture, f"{unsupported}: {message.removeprefix('the native backend ')}"
+    return architecture, None
+
+
 def load_model(
     name: str,
     *,
-    backend: str = "hf",
+    backend: str = "auto",
     device: str = "cpu",
     dtype: str | None = None,
     batch_size: int = 8,
     **kw,
 ) -> LanguageModel:
-    """Load ``name`` (alias, hub id, folder or .gguf file) behind the adapter ``backend`` (hf, native, openai)."""
+    """Load ``name`` (alias, hub id, folder or .gguf file) behind the adapter ``backend`` (auto, hf, native, openai).
+
+    ``auto`` (the default) is ``native`` where the native engine runs the
+    model, else ``hf`` (see :func:`resolve_backend`).
+    """
     if backend == "openai":
         from evalkit.models.openai import load_openai
 
         if dtype is not None:
             raise EvalkitError(f"dtype={dtype!r} does not apply to backend='openai': the server chooses its precision")
         return load_openai(name, batch_size=batch_size, **kw)
-    if backend not in ("hf", "native"):
-        raise EvalkitError(f"unknown backend {backend!r}; use hf, native or openai")
+    backend, _ = resolve_backend(name, backend, dtype)
     path = resolve_model_path(name)  # a GGUF file is converted first (its own progress step)
     with step(f"loading {name} ({backend} backend, {device})"):
         if backend == "native":
