@@ -243,3 +243,21 @@ def test_draft_model_needs_logits(capsys, tmp_path):
     with pytest.raises(EvalkitError, match="backend='hf' or backend='native'"):
         evalkit.evaluate("http://127.0.0.1:9/v1::smollm2", backend="openai", tasks="demo-arith", decoding="draft2",
                          draft_model="smollm2-135m")
+
+
+def test_draft_model_end_to_end(tiny_llama, tmp_path, smollm2_folder):
+    """`--draft-model`: recorded in the strategy's settings and the run's config; greedy drafts change no token."""
+    out = tmp_path / "out"
+    proc = run_cli("run", "--model", "smollm2-135m", "--tasks", "demo-arith", "--limit", "2", "--bootstrap", "0",
+                   "--decoding", "greedy,draft2", "--draft-model", str(tiny_llama), "--no-cache", "--output", str(out),
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"draft model: {tiny_llama} on native (auto: LlamaForCausalLM runs on the native engine)" in proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["decoding"]["draft2"]["draft_model"] == str(tiny_llama) and results["decoding"]["greedy"]["draft_model"] is None
+    assert results["meta"]["config"]["draft_model"] == str(tiny_llama)
+
+    def outputs(label: str) -> list[str]:
+        return [json.loads(line)["output"] for line in (out / "samples" / f"demo-arith__{label}.jsonl").read_text().splitlines()]
+
+    assert outputs("draft2") == outputs("greedy")
