@@ -1,7 +1,7 @@
 """Integration: evalkit's search loops on the real SmolLM2-135M and 50 real prompts are token-identical
 to transformers' ``generate`` (greedy, and beam search with the settings the decoding issue names), and
 the native engine's outputs are token-identical to the transformers adapter's on the same prompts (its
-continuous-batching greedy path, and beam search through the shared loop on its own KV cache).
+own KV cache, through the same scheduler), and speculative greedy (prompt lookup) changes no token on either.
 
 Kept cheap for two CPU cores: 16 new tokens, batches of 8; greedy runs on all 50 prompts, and the
 four beam settings split the same 50 prompts between them, so beam search too is checked on all 50
@@ -114,3 +114,16 @@ def test_stop_string_spanning_tokens_on_the_real_tokenizer(smollm2, prompts):
     assert cut.finish_reason == "stop"
     assert cut.text == text[: text.find(stop)]
     assert stop not in cut.text and cut.token_ids == free.token_ids[: len(cut.token_ids)]
+
+
+def test_prompt_lookup_changes_no_greedy_token_on_either_backend(smollm2, native, prompts):
+    """greedy+lookup4 on the 50 real prompts: the same tokens as greedy on both backends, fewer target forwards."""
+    greedy, ordered = _ours(smollm2, prompts, DecodingConfig())
+    lookup = DecodingConfig(speculative="lookup", num_speculative_tokens=4)
+    requests = [Generate(p, max_new_tokens=MAX_NEW) for p in ordered]
+    for backend in (smollm2, native):
+        responses = backend.generate(requests, lookup)
+        assert [r.token_ids for r in responses] == greedy
+        accepted = sum(r.timing.accepted for r in responses)
+        assert accepted > 0
+        assert sum(r.timing.forwards for r in responses) == sum(map(len, greedy)) - accepted

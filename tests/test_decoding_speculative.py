@@ -69,6 +69,7 @@ def test_lookup_proposes_what_followed_the_latest_longest_match():
     assert index.propose(tokens + [7], 2) == [9, 5]  # "5 6 7" at 0-2
     assert index.propose([1, 2, 3], 4) == []  # nothing repeats
     assert LookupIndex(1).propose([4, 4, 4], 5) == [4]  # the occurrence just before the suffix: one token left
+    assert LookupIndex(3, min_ngram=2).propose([5, 6, 7, 9, 8, 6], 2) == []  # only "6" recurs: too short a match
 
 
 @pytest.mark.parametrize("spec", ["lookup1", "lookup4", "draft3"])
@@ -169,6 +170,8 @@ def test_bad_speculative_settings_are_one_line_errors(target):
         with pytest.raises(EvalkitError, match=needle) as err:
             parse_decoding(spec)
         assert "\n" not in str(err.value)
+    with pytest.raises(EvalkitError, match=r"lookup_min_ngram \(4\) exceeds lookup_max_ngram \(3\)"):
+        DecodingConfig(speculative="lookup", num_speculative_tokens=2, lookup_min_ngram=4)
     with pytest.raises(EvalkitError, match="--draft-model") as err:
         generate(target, target.tokenizer, _requests(2), parse_decoding("draft4")[0])
     assert "\n" not in str(err.value) and "lookup4" in str(err.value)

@@ -24,7 +24,7 @@ SAMPLING_FIELDS = ("top_k", "top_p", "min_p", "typical_p")
 SPECULATIVE_METHODS = ("lookup", "draft")
 
 #: Settings added after response caches existed: left out of ``key()`` at their defaults, so old entries stay valid.
-_LATER_FIELDS = ("speculative", "num_speculative_tokens", "lookup_max_ngram", "draft_model")
+_LATER_FIELDS = ("speculative", "num_speculative_tokens", "lookup_max_ngram", "lookup_min_ngram", "draft_model")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class DecodingConfig:
     * ``speculative`` ("lookup" or "draft") proposes ``num_speculative_tokens`` tokens per step that the
       model checks in one forward pass (see ``speculative.py``): greedy stays token-identical to greedy,
       sampling keeps the model's distribution exactly. "lookup" copies the tokens that followed the latest
-      earlier occurrence of the last n tokens (n = ``lookup_max_ngram`` down to 1); "draft" asks
+      earlier occurrence of the last n tokens (n = ``lookup_max_ngram`` down to ``lookup_min_ngram``); "draft" asks
       ``draft_model``, a smaller model with the same tokenizer.
     """
 
@@ -67,6 +67,7 @@ class DecodingConfig:
     speculative: str | None = None
     num_speculative_tokens: int = 0
     lookup_max_ngram: int = 3
+    lookup_min_ngram: int = 1
     draft_model: str | None = None
 
     def __post_init__(self) -> None:
@@ -217,8 +218,12 @@ def _validate_speculative(c: DecodingConfig) -> None:
     if c.num_speculative_tokens < 1:
         _fail(c, f"{c.speculative}{c.num_speculative_tokens} proposes no token: give it K >= 1 "
                  f"(e.g. {c.speculative}4)")
-    if not isinstance(c.lookup_max_ngram, int) or c.lookup_max_ngram < 1:
-        _fail(c, f"lookup_max_ngram must be an integer >= 1, got {c.lookup_max_ngram!r}")
+    for name in ("lookup_min_ngram", "lookup_max_ngram"):
+        value = getattr(c, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            _fail(c, f"{name} must be an integer >= 1, got {value!r}")
+    if c.lookup_min_ngram > c.lookup_max_ngram:
+        _fail(c, f"lookup_min_ngram ({c.lookup_min_ngram}) exceeds lookup_max_ngram ({c.lookup_max_ngram})")
     if c.speculative == "lookup" and c.draft_model is not None:
         _fail(c, "draft_model is for speculative='draft'; lookup drafts from the prompt and output")
     if c.is_beam:

@@ -338,11 +338,12 @@ class SampleSearch:
         self.pending = self.pending[torch.tensor(keep, device=self.s.device)]
 
     def admit(self, requests: list[int], groups: list[list[int]], logits: torch.Tensor) -> dict[int, Response]:
-        lookup = self.s.config.speculative == "lookup"
+        config = self.s.config
         for i, group in zip(requests, groups):
             self.done[i] = {}
             for j, row in enumerate(group):
-                self.rows[row] = _Sequence(i, j, [], [], LookupIndex(self.s.config.lookup_max_ngram) if lookup else None)
+                lookup = LookupIndex(config.lookup_max_ngram, config.lookup_min_ngram)
+                self.rows[row] = _Sequence(i, j, [], [], lookup if config.speculative == "lookup" else None)
         rows = [row for group in groups for row in group]
         return self._pick(logits.repeat_interleave(self.rows_per_request, dim=0), rows)
 

@@ -31,7 +31,7 @@ import torch
 
 class LookupIndex:
     """Prompt lookup over one sequence (prompt + output): the tokens that followed the latest earlier
-    occurrence of its longest suffix n-gram, for n from ``max_ngram`` down to 1.
+    occurrence of its longest suffix n-gram, for n from ``max_ngram`` down to ``min_ngram``.
 
     The index maps each n-gram to the position after its latest occurrence and
     grows as the sequence does, so a proposal costs ``max_ngram`` dictionary
@@ -40,8 +40,8 @@ class LookupIndex:
     best predicts what follows.
     """
 
-    def __init__(self, max_ngram: int) -> None:
-        self.max_ngram = max_ngram
+    def __init__(self, max_ngram: int, min_ngram: int = 1) -> None:
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self.after: dict[tuple[int, ...], int] = {}
         self.indexed = 0  # n-grams ending before this position are in the index
 
@@ -49,12 +49,12 @@ class LookupIndex:
         """Up to ``k`` draft tokens continuing ``tokens`` (empty when no suffix n-gram occurred before)."""
         end = len(tokens) - 1  # n-grams ending at the last token are the suffix itself, not an earlier occurrence
         for stop in range(self.indexed, end):
-            for n in range(1, min(self.max_ngram, stop + 1) + 1):
+            for n in range(self.min_ngram, min(self.max_ngram, stop + 1) + 1):
                 self.after[tuple(tokens[stop + 1 - n : stop + 1])] = stop + 1
         self.indexed = max(self.indexed, end)
         if k < 1:
             return []
-        for n in range(min(self.max_ngram, len(tokens)), 0, -1):
+        for n in range(min(self.max_ngram, len(tokens)), self.min_ngram - 1, -1):
             start = self.after.get(tuple(tokens[len(tokens) - n :]))
             if start is not None:
                 return list(tokens[start : start + k])
