@@ -252,11 +252,10 @@ class NativeModel:
         """Every row gains its tokens; a one-token step over a static cache replays the captured graph."""
         if self._decode is not None and token_ids.shape[1] == 1 and cache is self._static_cache:
             hidden = self._decode(token_ids, positions, cache)
-        else:
+            return self.model.logits(hidden[:, -1:] if last_only else hidden).float()
+        with self.model.generation_steps():
             hidden = self.model(token_ids, positions, cache)
-        if last_only:
-            hidden = hidden[:, -1:]
-        return self.model.logits(hidden).float()
+            return self.model.logits(hidden[:, -1:] if last_only else hidden).float()
 
     def reorder_cache(self, cache: KVCache, index: torch.Tensor) -> KVCache:
         return cache.reorder(index)

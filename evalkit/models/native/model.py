@@ -14,6 +14,9 @@ needs logits.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,22 +45,27 @@ class PackedLinear(nn.Module):
     2-core machines we measure on; the blocked layout makes every projection
     and the LM head about 2x faster at 1-16 rows (benchmarks/README.md).
     Inputs of more rows (prefill, scoring) keep the plain weight and
-    transformers' exact fp32 GEMM, where packing gains little: scores stay
-    bit-comparable with transformers, and only the greedy decode steps run on
-    oneDNN (a different summation order: logits move by ~1e-5 relative).
-    The price is a second copy of the projection weights.
+    transformers' exact fp32 GEMM: scores stay bit-comparable with
+    transformers, and only generation steps run on oneDNN (a different
+    summation order: logits move by ~1e-5 relative). A generation step
+    (:meth:`Transformer.generation_steps`: decoding, and checking speculative
+    drafts, rows x (1 + K) tokens) takes the packed weight up to
+    ``GENERATION_ROWS`` rows, where it measured 2.5-2.9x faster than
+    ``F.linear`` at 16-256 rows. The price is a second copy of the projection weights.
     """
 
     BATCH_HINT = 16  # the row count oneDNN tunes the layout for; 8-64 measured within noise of each other
     MAX_ROWS = 16  # inputs of up to this many rows take the packed weight
+    GENERATION_ROWS = 256  # ... and inside generation steps, up to this many
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), self.BATCH_HINT)
+        self.max_rows = self.MAX_ROWS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() > self.MAX_ROWS * x.shape[-1]:
+        if x.numel() > self.max_rows * x.shape[-1]:
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
@@ -220,6 +228,18 @@ class Transformer(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
+
+    @contextmanager
+    def generation_steps(self) -> Iterator[None]:
+        """Packed weights for inputs of up to ``PackedLinear.GENERATION_ROWS`` rows, for the duration."""
+        packed = [m for m in self.modules() if isinstance(m, PackedLinear)]
+        for module in packed:
+            module.max_rows = PackedLinear.GENERATION_ROWS
+        try:
+            yield
+        finally:
+            for module in packed:
+                module.max_rows = PackedLinear.MAX_ROWS
 
     def pack_linears(self) -> None:
         """Swap every projection and the LM head for a :class:`PackedLinear` (see ``can_pack_linears``)."""
