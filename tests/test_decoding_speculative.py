@@ -175,3 +175,15 @@ def test_bad_speculative_settings_are_one_line_errors(target):
     with pytest.raises(EvalkitError, match="--draft-model") as err:
         generate(target, target.tokenizer, _requests(2), parse_decoding("draft4")[0])
     assert "\n" not in str(err.value) and "lookup4" in str(err.value)
+
+
+def test_a_captured_decode_step_cannot_draft_for_itself():
+    """With a CUDA-graph-style static cache (compile=True, here on CPU) the engine keeps one cache per shape,
+    which the target and a draft that is the same object would share: refused in one line, before any work."""
+    from evalkit.models.native import NativeModel
+
+    native = NativeModel.from_hf(_tiny(0), CharTokenizer(), eos_token_ids=[EOS], compile=True)
+    config = DecodingConfig(speculative="draft", num_speculative_tokens=2, draft_model="itself")
+    with pytest.raises(EvalkitError, match="load the draft as its own model") as err:
+        generate(native, native.tokenizer, _requests(2), config, draft=native)
+    assert "\n" not in str(err.value)

@@ -355,6 +355,24 @@ def test_seq2seq_generate_through_decoding_loop(tiny_tokenizer, kind):
         assert response.token_ids == row
 
 
+@pytest.mark.parametrize("kind", ["t5", "marian"])
+def test_seq2seq_beam_search_through_the_scheduler_equals_generate(tiny_tokenizer, kind):
+    """Encoder-decoder rows start together (a wave per batch); beams are copies of one prefilled row."""
+    model = tiny_seq2seq(kind)
+    adapter = HFSeq2SeqModel(model, tiny_tokenizer, max_length=64, batch_size=2)
+    prompts = ["The cat sat on the mat.", "A man is sitting on a roof.", "He starts pulling up roofing."]
+    config = DecodingConfig(num_beams=3, num_return_sequences=2)
+    responses = adapter.generate([Generate(prompt=p, max_new_tokens=6) for p in prompts], config)
+    ours = [[r.token_ids for r in (resp, *resp.alternatives)] for resp in responses]
+    expected = []
+    for start in (0, 2):  # longest prompts first, two per wave, as the scheduler batches them
+        batch = tiny_tokenizer(prompts[start : start + 2], padding=True, padding_side="right", return_tensors="pt")
+        out = model.generate(**batch, max_new_tokens=6, do_sample=False, num_beams=3, num_return_sequences=2)
+        rows = [row[: row.index(2) + 1] if 2 in row else row for row in out[:, 1:].tolist()]
+        expected += [rows[i : i + 2] for i in range(0, len(rows), 2)]
+    assert sorted(ours) == sorted(expected)
+
+
 def test_seq2seq_loglikelihood_matches_lm_eval(tiny_tokenizer):
     model = tiny_seq2seq("t5")
     requests = hellaswag_requests(1) + [Loglikelihood("", "Hello world")]

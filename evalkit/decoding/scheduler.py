@@ -144,6 +144,11 @@ class Scheduler:
                 f"(evaluate(draft_model=...)), a smaller model with the same tokenizer, or use "
                 f"lookup{config.num_speculative_tokens}, which needs none"
             )
+        if draft is self.backend and self.backend.static_rows:
+            raise EvalkitError(
+                f"decoding {config.label!r}: the draft model is the target object itself, whose captured decode step "
+                "keeps a single cache; load the draft as its own model (--draft-model NAME loads a separate copy)"
+            )
         _check_fits(draft, self.prompts, self.budgets, what="the draft model")
         self.draft_ratio = draft.num_parameters / self.backend.num_parameters
 
@@ -172,18 +177,27 @@ class Scheduler:
 
     def _admit(self, queue: deque) -> dict[int, Response]:
         """Prefill waiting prompts into free rows; the search picks their first tokens."""
-        per = self.search.rows_per_request
+        per, ragged = self.search.rows_per_request, self._ragged()
         free = [r for r, owner in enumerate(self.owner) if owner is None]
-        if len(free) == len(self.owner) and (self.cache is None or not self._ragged()):
-            self._new_caches(min(self.batch_size, len(queue)) * per)  # the first rows, or a new wave
+        if len(free) == len(self.owner) and (self.cache is None or not ragged):  # the first rows, or a new wave
+            waiting = min(self.batch_size, len(queue))
+            # Rows that must start together are prefilled one per request and copied; others get all rows at once.
+            self._new_caches(waiting * per, cache_rows=waiting * (1 if not ragged else per))
             free = list(range(len(self.owner)))
-        elif len(free) < per or not self._ragged():
+        elif len(free) < per or not ragged:
             return {}
         admitted = [queue.popleft() for _ in range(min(len(free) // per, len(queue)))]
         if not admitted:
             return {}
         groups = [free[k * per : (k + 1) * per] for k in range(len(admitted))]
-        lead = torch.tensor([g[0] for g in groups], device=self.device)
+        if ragged:
+            lead = torch.tensor([g[0] for g in groups], device=self.device)
+            copies = torch.arange(len(self.owner), device=self.device)
+            for g in groups:
+                copies[g[1:]] = g[0]
+        else:
+            lead = torch.arange(len(admitted), device=self.device)
+            copies = lead.repeat_interleave(per)
         prompts = [self.prompts[i] for i in admitted]
         t0 = time.perf_counter()
         logits = self.backend.prefill(self.cache, lead, prompts)
@@ -191,10 +205,7 @@ class Scheduler:
             self.draft.prefill(self.draft_cache, lead, prompts)
         rows = [r for g in groups for r in g]
         if per > 1:  # every row of a request starts as a copy of its prefilled first row
-            index = torch.arange(len(self.owner), device=self.device)
-            for g in groups:
-                index[g[1:]] = g[0]
-            self._copy_rows(index)
+            self._copy_rows(copies)
         _sync(self.device)
         prefill_s = (time.perf_counter() - t0) / len(admitted)
         for i, g in zip(admitted, groups):
@@ -217,10 +228,11 @@ class Scheduler:
     def _ragged(self) -> bool:
         return getattr(self.backend, "ragged_rows", True)
 
-    def _new_caches(self, rows: int) -> None:
-        self.cache = self.backend.new_cache(rows, self.max_len)
+    def _new_caches(self, rows: int, cache_rows: int) -> None:
+        """Bookkeeping for ``rows`` rows; the caches start with ``cache_rows`` (copied up to ``rows`` at admission)."""
+        self.cache = self.backend.new_cache(cache_rows, self.max_len)
         if self.config.speculative == "draft":
-            self.draft_cache = self.draft.new_cache(rows, self.max_len)
+            self.draft_cache = self.draft.new_cache(cache_rows, self.max_len)
         self.owner = [None] * rows
         self.lengths = torch.zeros(rows, dtype=torch.long, device=self.device)
         self.draft_lengths = torch.zeros(rows, dtype=torch.long, device=self.device)
