@@ -117,6 +117,7 @@ class Scheduler:
         self.eos = () if config.ignore_eos else tuple(backend.eos_token_ids)
         self.timings = [Timing(prompt_tokens=len(p)) for p in self.prompts]
         self.batch_size = batch_size
+        self.draft_ratio = 0.0  # a draft forward's cost in target forwards (parameter ratio)
         self._check_speculative()
         self.search: SampleSearch | BeamSearch = BeamSearch(self) if config.is_beam else SampleSearch(self)
         self.max_len = max(len(p) + b for p, b in zip(self.prompts, self.budgets))
@@ -306,7 +307,7 @@ class Scheduler:
                                 logprob=sum(logprobs), finish_reason=reason))
         timing = self.timings[request]
         timing.generated_tokens = sum(len(tokens) for tokens, _, _ in sequences)
-        timing.cost = timing.forwards + timing.draft_forwards * getattr(self, "draft_ratio", 0.0)
+        timing.cost = timing.forwards + timing.draft_forwards * self.draft_ratio
         out[0].timing = timing
         out[0].alternatives = out[1:]
         return out[0]
