@@ -143,6 +143,10 @@ class History:
         rows = torch.arange(len(next_tokens), device=next_tokens.device)
         if where is not None:
             rows, next_tokens = rows[where], next_tokens[where]
+        self.append_rows(rows, next_tokens)
+
+    def append_rows(self, rows: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        """Row ``rows[i]`` gains the token ``next_tokens[i]``; the other rows stay as they are."""
         self.seen[rows, next_tokens] = True
         self.counts[rows, next_tokens] += 1
         self.generated[rows] += 1

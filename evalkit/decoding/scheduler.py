@@ -268,22 +268,22 @@ class Scheduler:
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """The target model over every row; each row's request is charged its pass and its tokens."""
         logits = self.backend.forward(tokens, positions, self.cache, last_only=last_only)
-        for row, n in enumerate((positions >= 0).sum(dim=1).tolist()):
-            if n:
-                timing = self.timings[self.owner[row]]  # type: ignore[index]
-                timing.forwards += 1
-                timing.forward_tokens += n
+        self._charge(positions, "forwards", "forward_tokens")
         return logits
 
     def draft_forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The draft model over every row; next-token logits ``[rows, vocab]``."""
         logits = self.draft.forward(tokens, positions, self.draft_cache, last_only=True)[:, -1]
+        self._charge(positions, "draft_forwards", "draft_tokens")
+        return logits
+
+    def _charge(self, positions: torch.Tensor, passes: str, tokens: str) -> None:
+        """Each row with a real token in ``positions`` adds one pass and its tokens to its request's timing."""
         for row, n in enumerate((positions >= 0).sum(dim=1).tolist()):
             if n:
                 timing = self.timings[self.owner[row]]  # type: ignore[index]
-                timing.draft_forwards += 1
-                timing.draft_tokens += n
-        return logits
+                setattr(timing, passes, getattr(timing, passes) + 1)
+                setattr(timing, tokens, getattr(timing, tokens) + n)
 
     def processed(self, raw: torch.Tensor, history: History | None) -> torch.Tensor:
         return process(raw, self.config, history, tuple(self.backend.eos_token_ids))
@@ -395,11 +395,8 @@ class SampleSearch:
     def _append_history(self, rows_t: torch.Tensor, columns: list[torch.Tensor], counts: torch.Tensor | None = None) -> None:
         """Rows ``rows_t`` gain the tokens ``columns[k][i]`` for ``k < counts[i]`` (all columns by default)."""
         for k, column in enumerate(columns):
-            full = torch.zeros(len(self.rows), dtype=torch.long, device=self.s.device)
-            where = torch.zeros(len(self.rows), dtype=torch.bool, device=self.s.device)
-            full[rows_t] = column
-            where[rows_t] = True if counts is None else counts > k
-            self.s.history.append(full, where)
+            keep = None if counts is None else counts > k
+            self.s.history.append_rows(rows_t if keep is None else rows_t[keep], column if keep is None else column[keep])
 
     def _extend(self, row: int, tokens: list[int], logprobs: list[float], finished: dict[int, Response]) -> None:
         """Append tokens to the row's sequence, one at a time; at the first end, the row is freed."""
@@ -698,10 +695,7 @@ class BeamSearch:
             rows_t = torch.tensor([r for rows in kept.rows for r in rows], device=s.device)
             next_tokens = kept.run_seq.gather(2, (kept.cur - 1).view(-1, 1, 1).expand(-1, self.rows_per_request, 1))
             self.pending[rows_t] = next_tokens.flatten()
-            full = torch.zeros(len(s.owner), dtype=torch.long, device=s.device)
-            where = torch.zeros(len(s.owner), dtype=torch.bool, device=s.device)
-            full[rows_t], where[rows_t] = next_tokens.flatten(), True
-            s.history.append(full, where)
+            s.history.append_rows(rows_t, next_tokens.flatten())
         self.state = kept if joined else self.state.cat(kept)
         return finished
 
