@@ -169,3 +169,12 @@ def test_list_presets_names_every_form():
     forms = dict(list_presets())
     assert {"greedy", "beamN", "top-pP", "min-pP", "repR", "freqF", "presP", "lpX", "nN"} <= set(forms)
     assert all(description for description in forms.values())
+
+
+def test_decoding_file_not_utf8_names_line_and_byte(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_bytes(b"strategies:\n  - greedy\n  - caf\xe9\n")
+    with pytest.raises(EvalkitError) as err:
+        load_decoding_file(path)
+    message = str(err.value)
+    assert "\n" not in message and "line 3" in message and "0xe9" in message and "UTF-8" in message

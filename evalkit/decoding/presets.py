@@ -17,7 +17,7 @@ from typing import Any, Callable
 import yaml
 
 from evalkit.decoding.config import SAMPLING_FIELDS, DecodingConfig
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, not_utf8
 
 _NUM = r"(\d+(?:\.\d+)?|\.\d+)"
 _INT = r"(\d+)"
@@ -112,6 +112,8 @@ def load_decoding_file(path: str | Path) -> list[DecodingConfig]:
         raise EvalkitError(f"decoding file {path} does not exist; pass the path of a YAML grid")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
