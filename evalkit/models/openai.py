@@ -33,14 +33,14 @@ A conversation that ends in an assistant message (an answer prefix, lm-eval's
 serve honours them too); a server without these parameters may ignore them and
 start a new reply instead, or (OpenAI's API) refuse the request.
 
-Requests run on a thread pool (``concurrency``, the CLI's ``--batch-size``);
-each call has a timeout and is retried with exponential backoff on connection
-errors, timeouts, 429 and 5xx, honouring ``Retry-After``. The API key is read
-from an environment variable (``OPENAI_API_KEY`` unless ``api_key_env`` or
-``$EVALKIT_API_KEY_ENV`` names another) into a header and nowhere else: not
-the adapter's name, repr, errors or logs.
+Requests run on a thread pool (``concurrency``, the CLI's ``--batch-size``)
+through ``openai_transport.Transport``: timeouts, retries (urllib3's, honouring
+``Retry-After``) and the API key, read from an environment variable
+(``OPENAI_API_KEY`` unless ``api_key_env`` or ``$EVALKIT_API_KEY_ENV`` names
+another) into a header and nowhere else.
 
-A server honours only some of the DecodingConfig fields; the rest are listed by
+A server honours only some of the DecodingConfig fields (``openai_capabilities``
+says which, per server kind); the rest are listed by
 :meth:`OpenAIModel.ignored_fields`, recorded per strategy label in
 ``ignored_decoding_fields`` and logged once per strategy.
 """
@@ -50,60 +50,25 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import random
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
-from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
-
-import requests
 
 from evalkit.decoding.config import DecodingConfig
 from evalkit.decoding.stops import cut_text
 from evalkit.errors import EvalkitError
+from evalkit.models.openai_capabilities import check_echo_alignment, check_kind_name, server_kind, unsupported
+from evalkit.models.openai_transport import RouteNotFound, Transport
 from evalkit.requests import Generate, Loglikelihood, Response, RollingLoglikelihood, Timing
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_LENGTH = 2048  # when neither the caller nor /v1/models states the context length
-RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
-
-# DecodingConfig field -> request parameter, per server family. Fields a family lacks are
-# "ignored": sent nowhere, listed by ignored_fields(). stop, max_new_tokens and seed always go.
-_OPENAI = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "frequency_penalty": "frequency_penalty",
-    "presence_penalty": "presence_penalty",
-    "num_return_sequences": "n",
-}
-SERVER_PARAMETERS: dict[str, dict[str, str]] = {
-    "openai": _OPENAI,
-    "vllm": {**_OPENAI, "top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty",
-             "min_new_tokens": "min_tokens", "ignore_eos": "ignore_eos"},
-    # llama-cpp-python's server: repeat_penalty acts on the last 64 tokens only, and n is not served.
-    "llama.cpp": {**{k: v for k, v in _OPENAI.items() if k != "num_return_sequences"},
-                  "top_k": "top_k", "min_p": "min_p", "typical_p": "typical_p", "repetition_penalty": "repeat_penalty"},
-    # evalkit serve runs evalkit's own decoding loop: every field means what it means in-process.
-    "evalkit": {**_OPENAI, "top_k": "top_k", "min_p": "min_p", "typical_p": "typical_p",
-                "repetition_penalty": "repetition_penalty", "no_repeat_ngram_size": "no_repeat_ngram_size",
-                "num_beams": "num_beams", "length_penalty": "length_penalty", "early_stopping": "early_stopping",
-                "min_new_tokens": "min_tokens", "ignore_eos": "ignore_eos"},
-}
-# /v1/models "owned_by" -> family ("me" is llama-cpp-python's; "llamacpp" llama.cpp's own server).
-_OWNERS = {"vllm": "vllm", "me": "llama.cpp", "llamacpp": "llama.cpp", "evalkit": "evalkit"}
-# The max_tokens of a scoring call: llama.cpp reads 0 as "until the context is full".
-_ECHO_MAX_TOKENS = {"llama.cpp": 1, "vllm": 1}
-_ALWAYS_SENT = ("name", "stop", "max_new_tokens", "seed")
-# The echo check's prompt (its greedy next token is " five" for any English LM) and how far a
-# generated and an echoed log-probability may differ (llama.cpp's batched and one-token kernels
-# differ by ~0.03 nats on Q4 weights; a shifted echo is off by nats).
-_PROBE = "One, two, three, four,"
-_PROBE_TOLERANCE = 0.25
 
 
 @dataclass(frozen=True)
@@ -149,24 +114,6 @@ def parse_model_spec(spec: str) -> Endpoint:
                     score_prefix=prefixes[0] if prefixes else "")
 
 
-class _Secret:
-    """Holds the API key; prints as *** so no repr, log line or traceback local shows it."""
-
-    def __init__(self, value: str | None) -> None:
-        self._value = value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def reveal(self) -> str | None:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "***" if self._value else "None"
-
-    __str__ = __repr__
-
-
 class OpenAIModel:
     """A model behind an OpenAI-compatible server, as an evalkit ``LanguageModel``.
 
@@ -199,25 +146,14 @@ class OpenAIModel:
     ) -> None:
         if concurrency < 1:
             raise EvalkitError(f"concurrency must be >= 1, got {concurrency}")
-        if max_retries < 0 or timeout <= 0:
-            raise EvalkitError(f"need max_retries >= 0 and timeout > 0, got {max_retries} and {timeout}")
-        if server != "auto" and server not in SERVER_PARAMETERS:
-            raise EvalkitError(f"unknown server family {server!r}; use auto, {', '.join(SERVER_PARAMETERS)}")
-        self.base_url = base_url.rstrip("/")
+        check_kind_name(server)
+        self._http = Transport(base_url, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries,
+                               backoff=backoff, max_backoff=max_backoff, pool_size=concurrency)
+        self.base_url = self._http.base_url
         self.chat = chat
         self.concurrency = concurrency
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.score_prefix = score_prefix
         self._echo_checked = False
-        self.api_key_env = api_key_env
-        self._api_key = _Secret(os.environ.get(api_key_env))
-        self._session = requests.Session()
-        pool = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=concurrency)
-        self._session.mount("http://", pool)
-        self._session.mount("https://", pool)
         self.ignored_decoding_fields: dict[str, list[str]] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
@@ -230,7 +166,8 @@ class OpenAIModel:
             shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
             raise EvalkitError(f"{self.base_url} does not serve {self.model!r} (it serves {shown}); fix the name after '::'")
         entry = next((m for m in served if m.get("id") == self.model), served[0] if served else {})
-        self.server = server if server != "auto" else _OWNERS.get(str(entry.get("owned_by", "")).lower(), "openai")
+        self.kind = server_kind(server, entry.get("owned_by"))
+        self.server = self.kind.name
         self.max_length = int(max_length or entry.get("max_model_len") or DEFAULT_MAX_LENGTH)
         options = (["chat"] if chat else []) + ([f"score_prefix={score_prefix}"] if score_prefix else [])
         self.name = name or "::".join([self.base_url, self.model, *options])
@@ -267,11 +204,7 @@ class OpenAIModel:
 
     def ignored_fields(self, decoding: DecodingConfig) -> list[str]:
         """The fields of ``decoding`` set away from their defaults that this server cannot honour."""
-        supported = SERVER_PARAMETERS[self.server]
-        return [
-            f.name for f in fields(DecodingConfig)
-            if f.name not in _ALWAYS_SENT and f.name not in supported and getattr(decoding, f.name) != f.default
-        ]
+        return self.kind.ignored_fields(decoding)
 
     # ------------------------------------------------------------------ scoring
 
@@ -283,7 +216,7 @@ class OpenAIModel:
         """
         context = self.score_prefix + context
         prompt = context + continuation
-        payload = {"model": self.model, "prompt": prompt, "max_tokens": _ECHO_MAX_TOKENS.get(self.server, 0),
+        payload = {"model": self.model, "prompt": prompt, "max_tokens": self.kind.echo_max_tokens,
                    "temperature": 0.0, "echo": True, "logprobs": 1}
         started = time.perf_counter()
         data = self._post("/completions", payload)
@@ -319,21 +252,10 @@ class OpenAIModel:
         with self._lock:
             if self._echo_checked:
                 return
-            prompt = self.score_prefix + _PROBE
-            payload = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": 1}
-            choice = (self._post("/completions", payload).get("choices") or [{}])[0]
-            generated = (choice.get("logprobs") or {}).get("token_logprobs") or [None]
-            if generated[0] is None:
-                raise self._unsupported("logprobs on /v1/completions")
-            text = str(choice.get("text", ""))
-            echoed = self._score(_PROBE, text, first_scored=0).token_logprobs if text.strip() else []
-            if len(echoed) == 1 and abs(echoed[0] - generated[0]) > _PROBE_TOLERANCE:
-                raise self._unsupported(
-                    f"echoed log-probabilities aligned with their tokens ({text!r} after {_PROBE!r}: "
-                    f"{echoed[0]:.2f} echoed, {generated[0]:.2f} generated)",
-                    fix="llama-cpp-python shifts them for models that add no BOS token: append "
-                    "::score_prefix=<the BOS token's text> to the model name",
-                )
+            def echoed(context: str, continuation: str) -> list[float]:
+                return self._score(context, continuation, first_scored=0).token_logprobs
+
+            check_echo_alignment(self._post, echoed, base_url=self.base_url, model=self.model, score_prefix=self.score_prefix)
             self._echo_checked = True
 
     def _prompt_logprobs(
@@ -372,12 +294,9 @@ class OpenAIModel:
             "max_tokens": decoding.max_new_tokens or request.max_new_tokens,
             "seed": decoding.seed,
         }
-        for field, parameter in SERVER_PARAMETERS[self.server].items():
-            value = getattr(decoding, field)
-            if field == "temperature" or value != _DEFAULTS[field]:
-                payload[parameter] = value
+        payload.update(self.kind.decoding_parameters(decoding))
         if stops:
-            payload["stop"] = stops[:4] if self.server == "openai" else stops  # OpenAI takes 4; the rest cut here
+            payload["stop"] = stops[:self.kind.max_stops]  # OpenAI takes 4; the rest are cut here
         if self.chat:
             payload["messages"] = _chat_messages(request)
             if payload["messages"][-1]["role"] == "assistant":  # an answer prefix: continue it (vLLM's names)
@@ -410,7 +329,7 @@ class OpenAIModel:
             reason = "stop" if reason else None
         return Response(text=text, finish_reason=reason)
 
-    # ------------------------------------------------------------------ HTTP
+    # ------------------------------------------------------------------ calls
 
     def _map(self, fn: Callable[[Any], Response], items: Sequence[Any]) -> list[Response]:
         """``fn`` over ``items`` on the thread pool, in order; the batch's wall time is shared out among them.
@@ -436,83 +355,23 @@ class OpenAIModel:
             r.timing.decode_s *= wall / spent
         return responses
 
-    def _headers(self) -> dict[str, str]:
-        key = self._api_key.reveal()
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
     def _probe(self) -> list[dict]:
         """``/v1/models``: the served models (empty when the server has no such route)."""
         try:
-            data = self._request("GET", "/models", None)
-        except _NotFound:
+            data = self._http.get("/models")
+        except RouteNotFound:
             return []
         return [m for m in data.get("data") or [] if isinstance(m, dict) and m.get("id")]
 
     def _post(self, path: str, payload: dict) -> dict:
         try:
-            return self._request("POST", path, payload)
-        except _NotFound:
+            return self._http.post(path, payload)
+        except RouteNotFound:
             what = "/v1/chat/completions" if path == "/chat/completions" else "/v1/completions"
             raise self._unsupported(what) from None
 
-    def _request(self, method: str, path: str, payload: dict | None) -> dict:
-        """One call, retried with exponential backoff on connection errors, timeouts, 429 and 5xx."""
-        url = self.base_url + path
-        for attempt in range(self.max_retries + 1):
-            retry_after = None
-            try:
-                reply = self._session.request(method, url, json=payload, headers=self._headers(), timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as err:
-                problem = "timed out" if isinstance(err, requests.Timeout) else "refused the connection"
-            else:
-                if reply.status_code < 400:
-                    try:
-                        return reply.json()
-                    except ValueError:
-                        raise EvalkitError(f"{url} answered {reply.status_code} with a body that is not JSON") from None
-                if reply.status_code == 404:
-                    raise _NotFound(url)
-                if reply.status_code in (401, 403):
-                    raise EvalkitError(
-                        f"{url} refused the request ({reply.status_code}): set ${self.api_key_env} to a valid API key"
-                    )
-                if reply.status_code not in RETRY_STATUS:
-                    raise EvalkitError(f"{url} answered {reply.status_code}: {_error_message(reply)}")
-                problem = f"answered {reply.status_code}"
-                retry_after = _retry_after(reply.headers.get("Retry-After"))
-            if attempt == self.max_retries:
-                break
-            wait = retry_after if retry_after is not None else self.backoff * 2**attempt * random.uniform(0.5, 1.0)
-            wait = min(wait, self.max_backoff)
-            log.info("%s %s; retry %d/%d in %.1fs", url, problem, attempt + 1, self.max_retries, wait)
-            time.sleep(wait)
-        raise EvalkitError(
-            f"{url} {problem} after {self.max_retries + 1} attempts; check that the server is running, then rerun "
-            "(finished responses are cached)"
-        )
-
-    def _unsupported(self, feature: str, fix: str | None = None) -> EvalkitError:
-        fix = fix or "use a server that does (vLLM, llama.cpp, evalkit serve) or backend='hf'"
-        return EvalkitError(f"the server at {self.base_url} ({self.model}) does not support {feature}; {fix}")
-
-
-class _NotFound(Exception):
-    """A 404: a missing route, turned into a 'does not support' error by the caller."""
-
-
-_DEFAULTS = {f.name: f.default for f in fields(DecodingConfig)}
-
-
-def _error_message(reply: requests.Response) -> str:
-    """The server's own one-line reason (OpenAI's {"error": {"message"}} shape or plain text)."""
-    try:
-        body = reply.json()
-        error = body.get("error", body) if isinstance(body, dict) else body
-        message = error.get("message", error) if isinstance(error, dict) else error
-    except ValueError:
-        message = reply.text
-    text = " ".join(str(message).split())
-    return text[:300] or reply.reason
+    def _unsupported(self, feature: str) -> EvalkitError:
+        return unsupported(self.base_url, self.model, feature)
 
 
 def _chat_messages(request: Generate) -> list[dict[str, str]]:
@@ -520,20 +379,6 @@ def _chat_messages(request: Generate) -> list[dict[str, str]]:
     if request.messages:
         return [{"role": role, "content": content} for role, content in request.messages]
     return [{"role": "user", "content": request.prompt}]
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _first_token_at(offsets: list[int], position: int) -> int:
