@@ -24,10 +24,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from evalkit.errors import EvalkitError
 from evalkit.metrics.base import MetricResult
+from evalkit.metrics.bootstrap import bootstrap_aggregate_ci
 from evalkit.requests import Generate, Loglikelihood, Request, Response, RollingLoglikelihood
 from evalkit.tasks.chat import PLAIN, PromptFormat
 from evalkit.tasks.task import Instance, TaskScore
@@ -259,7 +258,7 @@ class LmEvalTask:
                 score=float(aggregate(items)),
                 signature=self._signature(metric, key or "none", aggregate),
                 per_sample=[float(v) for v in items] if all(isinstance(v, (int, float)) for v in items) else None,
-                ci=_bootstrap(aggregate, items, bootstrap, seed),
+                ci=_interval(aggregate, items, bootstrap, seed),
                 extra={"higher_is_better": self.task.higher_is_better().get(metric), "filter": key or "none"},
             )
         return TaskScore(metrics=metrics, samples=samples)
@@ -295,12 +294,8 @@ def _to_lm_eval(kind: str, response: Response) -> Any:
     return response.text
 
 
-def _bootstrap(aggregate: Any, items: list[Any], n_resamples: int, seed: int, confidence: float = 0.95) -> tuple[float, float] | None:
-    """Percentile interval of ``aggregate`` over items resampled with replacement (evalkit's CI convention)."""
+def _interval(aggregate: Any, items: list[Any], n_resamples: int, seed: int) -> tuple[float, float] | None:
+    """evalkit's percentile bootstrap interval of lm-eval's aggregate; none without resamples or with a single item."""
     if n_resamples <= 0 or len(items) < 2:
         return None
-    rng = np.random.default_rng(seed)
-    scores = [float(aggregate([items[i] for i in rng.integers(0, len(items), len(items))])) for _ in range(n_resamples)]
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(scores, [tail, 100 - tail])
-    return float(low), float(high)
+    return bootstrap_aggregate_ci(aggregate, items, n_resamples, seed=seed)

@@ -1,9 +1,9 @@
-"""The metric contract: one small class per metric, a result that records its settings."""
+"""What every metric returns: a score with the settings it was computed under (the metrics themselves: ``corpus.CorpusMetric``)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any
 
 
 @dataclass
@@ -25,10 +25,3 @@ class MetricResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-class Metric(Protocol):
-    name: str
-
-    def compute(
-        self, predictions: Sequence[Any], references: Sequence[Any], sources: Sequence[str] | None = None
-    ) -> MetricResult: ...

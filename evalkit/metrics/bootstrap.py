@@ -10,7 +10,7 @@ resample is drawn as multinomial counts per item, so R resamples are one
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from evalkit.errors import EvalkitError
 from evalkit.metrics.corpus import CorpusMetric
 
 _CHUNK_CELLS = 2_000_000  # resample-count cells per chunk (16 MB of float64)
+Item = TypeVar("Item")
 
 
 def resample_weights(n_items: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
@@ -46,9 +47,37 @@ def bootstrap_ci(
     metric: CorpusMetric, stats: np.ndarray, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
     """Percentile interval of the corpus score over item resamples."""
+    _check_resamples(n_resamples)
+    return percentile_ci(bootstrap_scores(metric, stats, n_resamples, seed), confidence)
+
+
+def resampled_items(items: Sequence[Item], n_resamples: int, seed: int) -> Iterator[list[Item]]:
+    """Each bootstrap resample as a list of items (one drawn k times appears k times), from ``resample_weights``'s draws."""
+    positions = np.arange(len(items))
+    for weights in resample_weights(len(items), n_resamples, seed):
+        for counts in weights.astype(np.int64):
+            yield [items[i] for i in np.repeat(positions, counts)]
+
+
+def bootstrap_aggregate_ci(
+    aggregate: Callable[[list[Any]], float], items: Sequence[Any], n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile interval of any aggregate over item resamples, for scores that are no function of summed statistics.
+
+    lm-eval's aggregations (mean, f1, corpus BLEU over (reference, prediction)
+    pairs, ...) take the list of per-item values; each resample hands them the
+    drawn items. The resamples are the ones ``bootstrap_ci`` draws for the same
+    seed and number of items.
+    """
+    _check_resamples(n_resamples)
+    if not items:
+        raise EvalkitError("bootstrap: no items to resample")
+    return percentile_ci(np.array([float(aggregate(drawn)) for drawn in resampled_items(items, n_resamples, seed)]), confidence)
+
+
+def _check_resamples(n_resamples: int) -> None:
     if n_resamples < 1:
         raise EvalkitError(f"bootstrap: need at least one resample, got {n_resamples}")
-    return percentile_ci(bootstrap_scores(metric, stats, n_resamples, seed), confidence)
 
 
 @dataclass
