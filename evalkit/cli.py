@@ -307,7 +307,8 @@ def comparison_tables(results: dict, tasks: Sequence[str] | None = None) -> list
     strategy names are too long even so, they are numbered (s1, s2, ...) with a
     key under the table, and as a last resort each strategy is its own block.
     """
-    from evalkit.decoding.compare import DIVERSITY_COLUMNS, strategy_rows
+    from evalkit.decoding.compare import strategy_rows
+    from evalkit.metrics.diversity import SUMMARY_NAMES
     from evalkit.runner import SCORING_LABEL
 
     tables = []
@@ -318,12 +319,12 @@ def comparison_tables(results: dict, tasks: Sequence[str] | None = None) -> list
         title = f"decoding strategies on {task} ({results['model']}, {results['n_items'][task]} items)"
         quality = rows[0]["quality_metric"]
         short_quality = quality if len(quality) <= 12 else "quality"
-        headers = ["strategy", short_quality, *(_SHORT_COLUMNS[c] for c in DIVERSITY_COLUMNS), "tok/s", "cost", "*"]
+        headers = ["strategy", short_quality, *(_SHORT_COLUMNS[c] for c in SUMMARY_NAMES), "tok/s", "cost", "*"]
         cells = [
             [
                 row["strategy"],
                 _fmt(row["quality"]),
-                *(_short(row[c]) for c in DIVERSITY_COLUMNS),
+                *(_short(row[c]) for c in SUMMARY_NAMES),
                 f"{row['tokens_per_s']:.1f}" if row["tokens_per_s"] else "-",
                 _ratio_cell(row["cost_per_token"]),
                 "*" if row["pareto"] else "",
@@ -331,7 +332,7 @@ def comparison_tables(results: dict, tasks: Sequence[str] | None = None) -> list
             for row in rows
         ]
         legend = [f"quality: {quality}"] if short_quality != quality else []
-        legend += [_LEGEND.get(c, f"{_SHORT_COLUMNS[c]}: {c}") for c in DIVERSITY_COLUMNS if _SHORT_COLUMNS[c] != c or c in _LEGEND]
+        legend += [_LEGEND.get(c, f"{_SHORT_COLUMNS[c]}: {c}") for c in SUMMARY_NAMES if _SHORT_COLUMNS[c] != c or c in _LEGEND]
         caption = "; ".join([*legend, *_cost_caption(rows)])
         table = _table(title, headers, cells, caption=caption)
         numbered = [[f"s{i}", *row[1:]] for i, row in enumerate(cells, 1)]  # long strategy names: numbers and a key
@@ -469,16 +470,14 @@ def cmd_compare_decoding(args: argparse.Namespace) -> int:
     return 0
 
 
-# Diversity metrics of generation cells: the strategy table shows them, the main table leaves them out.
-DIVERSITY_NAMES = {"distinct-1", "distinct-2", "distinct-3", "self-bleu", "group-self-bleu", "rep-4", "length"}
-
-
 def results_table(results: dict):
     """Every (task, decoding, metric) value with its interval: one table when it fits the console, else a block per cell.
 
     A task scored by log-likelihood has no decoding: its rows say only the
     task; a generation task's rows say ``task/decoding`` (as :func:`evalkit.flatten`'s keys).
+    Diversity metrics are left to the strategy table.
     """
+    from evalkit.metrics.diversity import DIVERSITY_NAMES
     from evalkit.runner import SCORING_LABEL
 
     title = f"{results['model']} ({results['backend']})"

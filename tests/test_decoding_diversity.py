@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import sacrebleu
+import sacrebleu.tokenizers.tokenizer_13a
 
 from evalkit.decoding import compare_strategies
 from evalkit.errors import EvalkitError

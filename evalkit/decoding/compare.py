@@ -17,6 +17,7 @@ import math
 import re
 
 from evalkit.errors import EvalkitError
+from evalkit.metrics.diversity import SUMMARY_NAMES
 
 
 def compare_strategies(
@@ -49,8 +50,6 @@ def compare_strategies(
 
     return [{**row, "pareto": p is not None and not dominated(p)} for row, p in zip(rows, points)]
 
-
-DIVERSITY_COLUMNS = ("distinct-1", "distinct-2", "self-bleu", "rep-4", "length")
 
 #: The part of a label that turns a strategy speculative: ``lookup4``, ``draft8``.
 _SPECULATIVE_PART = re.compile(r"(lookup|draft)\d+\Z", re.IGNORECASE)
@@ -105,7 +104,7 @@ def strategy_rows(results: dict, task: str) -> list[dict]:
     The quality metric is the task's first metric, its headline (e.g. exact_match or bleu):
     results list the task's own metrics before the diversity ones. Each row has:
 
-    * ``strategy``, ``quality_metric``, ``quality`` and the diversity columns;
+    * ``strategy``, ``quality_metric``, ``quality`` and the diversity columns (``SUMMARY_NAMES``);
     * ``tokens_per_s``: wall-clock throughput (informative; depends on the machine);
     * ``cost_per_token``: forward-equivalents per generated token (machine-independent, lower is
       better; None without the counts);
@@ -132,7 +131,7 @@ def strategy_rows(results: dict, task: str) -> list[dict]:
             "strategy": label,
             "quality_metric": quality,
             "quality": values.get(quality),
-            **{column: values.get(column) for column in DIVERSITY_COLUMNS},
+            **{column: values.get(column) for column in SUMMARY_NAMES},
             "tokens_per_s": cost.get("tokens_per_s"),
             "cost_per_token": cost.get("cost_per_token"),
             "speculative": speculative,

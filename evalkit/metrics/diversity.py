@@ -16,20 +16,42 @@ BLEU's. Definitions:
 from __future__ import annotations
 
 import random
-from typing import Sequence
-
-from sacrebleu.metrics import BLEU
-from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+from functools import lru_cache
+from typing import TYPE_CHECKING, Sequence
 
 from evalkit.errors import EvalkitError
 from evalkit.metrics.base import MetricResult
 from evalkit.metrics.signature import make_signature, version
 
-_tokenize = Tokenizer13a()
+if TYPE_CHECKING:
+    from sacrebleu.metrics import BLEU
+
+DISTINCT_N = (1, 2, 3)  # the distinct-n orders a strategy is scored on
+REPETITION_N = 4  # rep-4: Welleck et al.'s seq-rep-4
+#: Every metric ``diversity_metrics`` can return, in its order: the one list of evalkit's diversity names.
+DIVERSITY_NAMES = (*(f"distinct-{n}" for n in DISTINCT_N), "self-bleu", f"rep-{REPETITION_N}", "length", "group-self-bleu")
+#: The ones a strategy's one-row summary shows (the strategy table of `evalkit run` and `compare-decoding`).
+SUMMARY_NAMES = ("distinct-1", "distinct-2", "self-bleu", f"rep-{REPETITION_N}", "length")
+#: How other tools name the same measures (distinct_2, self_bleu, ngram_entropy, ...) in results a report may read.
+_OTHER_PREFIXES = ("distinct", "self_bleu", "self-bleu", "diversity", "unique", "ngram_entropy", "entropy")
+
+
+def is_diversity_metric(name: str) -> bool:
+    """Whether a metric name is a diversity or degeneration measure rather than a quality score."""
+    lowered = name.lower()
+    return lowered in DIVERSITY_NAMES or lowered.startswith(_OTHER_PREFIXES)
+
+
+@lru_cache(maxsize=1)
+def _tokenizer():
+    """sacrebleu's 13a tokenizer, imported on first use: the names above are read by modules that score nothing."""
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    return Tokenizer13a()
 
 
 def _words(text: str) -> list[str]:
-    return _tokenize(text.strip()).split()
+    return _tokenizer()(text.strip()).split()
 
 
 def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
@@ -72,6 +94,12 @@ def mean_length(outputs: Sequence[str]) -> MetricResult:
                         per_sample=lengths)
 
 
+def _sentence_bleu() -> BLEU:
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(effective_order=True)
+
+
 def _self_bleu_scores(texts: Sequence[str], bleu: BLEU) -> list[float]:
     return [bleu.sentence_score(text, [other for j, other in enumerate(texts) if j != i]).score
             for i, text in enumerate(texts)]
@@ -86,7 +114,7 @@ def self_bleu(outputs: Sequence[str], max_outputs: int = 300, seed: int = 0) -> 
     texts = list(outputs)
     if len(texts) > max_outputs:
         texts = random.Random(seed).sample(texts, max_outputs)
-    bleu = BLEU(effective_order=True)
+    bleu = _sentence_bleu()
     scores = _self_bleu_scores(texts, bleu)
     signature = make_signature("self-bleu", n=len(texts), seed=seed, bleu=bleu.get_signature().format())
     return MetricResult("self-bleu", sum(scores) / len(scores), signature, per_sample=scores)
@@ -97,28 +125,31 @@ def group_self_bleu(groups: Sequence[Sequence[str]]) -> MetricResult:
     groups = [list(g) for g in groups if len(g) >= 2]
     if not groups:
         raise EvalkitError("group self-bleu needs groups of at least two outputs; set num_return_sequences >= 2")
-    bleu = BLEU(effective_order=True)
+    bleu = _sentence_bleu()
     per_group = [sum(s) / len(s) for s in (_self_bleu_scores(g, bleu) for g in groups)]
     signature = make_signature("group-self-bleu", groups=len(groups), bleu=bleu.get_signature().format())
     return MetricResult("group-self-bleu", sum(per_group) / len(per_group), signature, per_sample=per_group)
 
 
 def diversity_metrics(outputs: Sequence[str], groups: Sequence[Sequence[str]] | None = None) -> list[MetricResult]:
-    """Everything above for one strategy's outputs: distinct-1/2/3, self-BLEU, rep-4, mean length,
-    and group self-BLEU when ``groups`` (each request's several outputs) are given."""
-    results = [distinct_n(outputs, n) for n in (1, 2, 3)]
+    """Everything above for one strategy's outputs (``DIVERSITY_NAMES``): distinct-1/2/3, self-BLEU, rep-4,
+    mean length, and group self-BLEU when ``groups`` (each request's several outputs) are given."""
+    results = [distinct_n(outputs, n) for n in DISTINCT_N]
     if len(outputs) >= 2:
         results.append(self_bleu(outputs))
-    results += [repetition_rate(outputs, 4), mean_length(outputs)]
+    results += [repetition_rate(outputs, REPETITION_N), mean_length(outputs)]
     if groups is not None and any(len(g) >= 2 for g in groups):
         results.append(group_self_bleu(groups))
     return results
 
 
 __all__ = [
+    "DIVERSITY_NAMES",
+    "SUMMARY_NAMES",
     "distinct_n",
     "diversity_metrics",
     "group_self_bleu",
+    "is_diversity_metric",
     "mean_length",
     "repetition_rate",
     "self_bleu",

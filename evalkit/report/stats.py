@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from evalkit.metrics.diversity import is_diversity_metric as is_diversity  # the report's name for it
+
 LOWER_IS_BETTER = ("perplexity", "ppl", "bits_per_byte", "bpb", "wer", "cer", "mer", "wil", "ter", "loss", "self_bleu", "self-bleu")
-DIVERSITY_PREFIXES = ("distinct", "self_bleu", "self-bleu", "diversity", "unique", "ngram_entropy", "entropy")
 # The metric leaderboards conventionally quote first (Open LLM Leaderboard: acc_norm for HellaSwag; sacrebleu: BLEU).
 HEADLINE_PREFERENCE = (
     "acc_norm", "acc", "exact_match", "em", "bleu", "chrf", "rougeLsum", "rougeL", "rouge1", "comet",
@@ -22,10 +23,6 @@ def higher_is_better(metric: str) -> bool:
     name = metric.lower().partition(",")[0]  # "ter,my-filter": a filter pipeline's row keeps its metric's direction
     return not any(name == key or name.startswith(key + "_") or name.endswith("_" + key) or f"_{key}_" in name
                    for key in LOWER_IS_BETTER)
-
-
-def is_diversity(metric: str) -> bool:
-    return metric.lower().startswith(DIVERSITY_PREFIXES)
 
 
 def headline_metric(metrics: Sequence[str]) -> str:
