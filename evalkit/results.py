@@ -12,14 +12,14 @@ import platform
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
 from evalkit.metrics.base import MetricResult
-from evalkit.requests import Response
+from evalkit.requests import Response, Timing
 
 TRACKED_PACKAGES = ("evalkit", "torch", "transformers", "sacrebleu", "rouge-score", "bert-score", "unbabel-comet", "lm-eval")
 
@@ -50,28 +50,33 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+# Timing's fields that depend on this run: summed over the requests it computed (cached answers cost no time now).
+MEASURED_FIELDS = ("prefill_s", "decode_s", "prompt_tokens", "generated_tokens")
+# The rest of Timing, deterministic counts: summed over every response of the cell that carries them.
+COUNT_FIELDS = tuple(f.name for f in fields(Timing) if f.name not in MEASURED_FIELDS)
+
+
 @dataclass
-class Efficiency:
-    """Cost of one (task, decoding) cell.
+class Efficiency(Timing):
+    """Cost of one (task, decoding) cell: :class:`evalkit.requests.Timing`'s fields summed over the cell, and a few more.
 
     Two kinds of figures:
 
     * Wall clock, summed over the requests this run computed (cached answers
-      cost no time now): ``wall_s``, ``prefill_s``, ``decode_s``,
-      ``prompt_tokens``, ``generated_tokens``. ``tokens_per_s`` is end-to-end
-      throughput (generated tokens over prefill + decode seconds);
-      ``decode_tokens_per_s`` leaves the prefill out. Both change with the
-      machine and its load.
-    * Deterministic counts (see :class:`evalkit.requests.Timing`), summed over
-      every response of the cell, cached ones included, since they do not
-      depend on the machine or on what the cache held: ``forwards``,
-      ``forward_tokens``, ``draft_forwards``, ``draft_tokens``, ``drafted``,
-      ``accepted`` and ``cost`` (forward-equivalents: target forwards plus
-      draft forwards scaled by the draft/target parameter ratio). Only
-      responses that carry counts are summed (``forwards > 0``; an HTTP API
-      backend, or a cache entry written before the counts existed, has none):
-      ``counted_requests`` of them, with ``counted_generated_tokens``
-      generated tokens.
+      cost no time now): ``wall_s`` and ``MEASURED_FIELDS`` (``prefill_s``,
+      ``decode_s``, ``prompt_tokens``, ``generated_tokens``). ``tokens_per_s``
+      is end-to-end throughput (generated tokens over prefill + decode
+      seconds); ``decode_tokens_per_s`` leaves the prefill out. Both change
+      with the machine and its load.
+    * Deterministic counts, ``COUNT_FIELDS`` (``forwards``, ``forward_tokens``,
+      ``draft_forwards``, ``draft_tokens``, ``drafted``, ``accepted`` and
+      ``cost``, forward-equivalents: target forwards plus draft forwards
+      scaled by the draft/target parameter ratio), summed over every response
+      of the cell, cached ones included, since they do not depend on the
+      machine or on what the cache held. Only responses that carry counts are
+      summed (``forwards > 0``; an HTTP API backend, or a cache entry written
+      before the counts existed, has none): ``counted_requests`` of them, with
+      ``counted_generated_tokens`` generated tokens.
 
     Derived from the counts (``to_dict``; None where there is nothing to divide):
 
@@ -86,50 +91,31 @@ class Efficiency:
     """
 
     wall_s: float = 0.0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
     requests: int = 0
     cached: int = 0
     peak_memory_mb: float | None = None
     counted_requests: int = 0
     counted_generated_tokens: int = 0
-    forwards: int = 0
-    forward_tokens: int = 0
-    draft_forwards: int = 0
-    draft_tokens: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    cost: float = 0.0
 
     @classmethod
     def from_responses(
-        cls, responses: Iterable[Response], all_responses: Iterable[Response] | None = None, **fields: Any
-    ) -> "Efficiency":
+        cls, responses: Iterable[Response], all_responses: Iterable[Response] | None = None, **extra: Any
+    ) -> Efficiency:
         """Wall-clock figures from ``responses`` (those this run computed); counts from ``all_responses``
         (every response of the cell, cached ones included), or from ``responses`` when it is not given."""
         responses = list(responses)
-        out = cls(**fields)
-        for response in responses:
-            out.prefill_s += response.timing.prefill_s
-            out.decode_s += response.timing.decode_s
-            out.prompt_tokens += response.timing.prompt_tokens
-            out.generated_tokens += response.timing.generated_tokens
-        for response in responses if all_responses is None else all_responses:
-            timing = response.timing
-            if timing.forwards <= 0:  # no counts recorded (HTTP backend, or a cache entry from before them)
-                continue
-            out.counted_requests += 1
-            out.counted_generated_tokens += timing.generated_tokens
-            out.forwards += timing.forwards
-            out.forward_tokens += timing.forward_tokens
-            out.draft_forwards += timing.draft_forwards
-            out.draft_tokens += timing.draft_tokens
-            out.drafted += timing.drafted
-            out.accepted += timing.accepted
-            out.cost += timing.cost
+        counted = [r for r in (responses if all_responses is None else all_responses) if r.timing.forwards > 0]
+        out = cls(**extra)
+        out._add(responses, MEASURED_FIELDS)
+        out._add(counted, COUNT_FIELDS)  # no counts recorded: an HTTP backend, or a cache entry from before them
+        out.counted_requests = len(counted)
+        out.counted_generated_tokens = sum(r.timing.generated_tokens for r in counted)
         return out
+
+    def _add(self, responses: list[Response], names: tuple[str, ...]) -> None:
+        for response in responses:
+            for name in names:
+                setattr(self, name, getattr(self, name) + getattr(response.timing, name))
 
     @property
     def tokens_per_s(self) -> float | None:
