@@ -545,17 +545,28 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def add_report_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("report", help="build a self-contained HTML leaderboard from run folders")
-    p.add_argument("run_dirs", nargs="+", type=Path, help="folders written by `evalkit run`, or a folder of such folders")
-    p.add_argument("-o", "--output", type=Path, default=Path("leaderboards/index.html"), help="HTML file to write (default: leaderboards/index.html)")
+    p.add_argument("run_dirs", nargs="*", type=Path, help="folders written by `evalkit run`, or a folder of such folders")
+    p.add_argument("-o", "--output", type=Path, default=None, help="HTML file to write (default: leaderboards/index.html)")
     p.add_argument("--title", default=None, help="page title (default: names the models)")
+    p.add_argument("--rebuild", type=Path, metavar="FOLDER", default=None,
+                   help="instead: rewrite every page FOLDER/pages.json lists from its run folders (e.g. leaderboards)")
     p.set_defaults(handler=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from evalkit.report import build_report
+    from evalkit.report.pages import rebuild_pages
 
-    path = build_report(args.run_dirs, args.output, title=args.title)
-    console.print(f"leaderboard: {path} ({path.stat().st_size / 1e6:.2f} MB)", highlight=False, markup=False, soft_wrap=True)
+    if args.rebuild is not None:
+        if args.run_dirs or args.output is not None or args.title is not None:
+            raise EvalkitError("--rebuild takes its run folders, output files and titles from FOLDER/pages.json: give no run folders, -o or --title")
+        paths = rebuild_pages(args.rebuild)
+    elif not args.run_dirs:
+        raise EvalkitError("no run folders given: pass folders written by `evalkit run`, or --rebuild FOLDER")
+    else:
+        paths = [build_report(args.run_dirs, args.output or Path("leaderboards/index.html"), title=args.title)]
+    for path in paths:
+        console.print(f"leaderboard: {path} ({path.stat().st_size / 1e6:.2f} MB)", highlight=False, markup=False, soft_wrap=True)
     return 0
 
 

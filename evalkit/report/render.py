@@ -6,6 +6,11 @@ allows only the one inline script (by hash) and no fetches at all, as a second
 wall behind the escaping: Jinja autoescapes every string in the markup, the
 data block is JSON with ``<``, ``>`` and ``&`` escaped, and the script builds
 the sample browser with ``textContent`` only.
+
+The page is a pure function of its run folders and title: it names the runs'
+dates, not the moment it was built, and shows run folders as given (or
+relative to ``folders_relative_to``), so rebuilding it from the same folders
+writes the same bytes (see :mod:`evalkit.report.pages`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import datetime, timezone
+import os
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -26,21 +31,28 @@ from evalkit.report.runs import load_runs
 from evalkit.results import atomic_write_text
 
 
-def build_report(run_dirs: list[Path], output: Path, title: str | None = None) -> Path:
-    """Write the leaderboard of ``run_dirs`` (run folders, or folders of run folders) to ``output``; return its path."""
+def build_report(run_dirs: list[Path], output: Path, title: str | None = None, folders_relative_to: Path | None = None) -> Path:
+    """Write the leaderboard of ``run_dirs`` (run folders, or folders of run folders) to ``output``; return its path.
+
+    ``folders_relative_to`` names each run folder on the page relative to that folder instead of as
+    given, so a page rebuilt from anywhere shows the same paths.
+    """
     board = build_leaderboard(load_runs([Path(d) for d in run_dirs]))
     output = Path(output)
-    atomic_write_text(output, render_html(board, title or _default_title(board)))
+    folders = [_shown_folder(run.path, folders_relative_to) for run in board.runs]
+    atomic_write_text(output, render_html(board, title or _default_title(board), folders))
     return output
 
 
-def render_html(board: Leaderboard, title: str) -> str:
+def render_html(board: Leaderboard, title: str, folders: list[str] | None = None) -> str:
+    """The page; ``folders`` is how each run's folder is named on it (default: its path as loaded)."""
     env = _environment()
     script = env.loader.get_source(env, "report.js")[0]
     css = env.loader.get_source(env, "report.css")[0]
     return env.get_template("report.html.j2").render(
         title=title,
-        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        run_dates=_run_dates(board),
+        folders=folders if folders is not None else [str(run.path) for run in board.runs],
         board=board,
         plots={task.name: decoding_plots(board, task) for task in board.tasks},
         css=css,
@@ -92,6 +104,19 @@ def decoding_plots(board: Leaderboard, task: TaskSection) -> list[Plot]:
 
 
 EFFICIENCY_AXES = ("cost_per_token", "tokens_per_s")  # plot axes read from a cell's efficiency, not its metrics
+
+
+def _shown_folder(path: Path, base: Path | None) -> str:
+    """The run folder as the page names it: POSIX separators, relative to ``base`` when given."""
+    return Path(os.path.relpath(path, base)).as_posix() if base is not None else str(path)
+
+
+def _run_dates(board: Leaderboard) -> str:
+    """When the runs were made (from their results), the page's only date: a rebuild must not change it."""
+    dates = sorted({str(run.meta["date"]) for run in board.runs if run.meta.get("date")})
+    if not dates:
+        return "run dates unknown"
+    return f"run {dates[0]}" if len(dates) == 1 else f"runs {dates[0]} to {dates[-1]}"
 
 
 def _default_title(board: Leaderboard) -> str:
