@@ -26,18 +26,27 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from evalkit.errors import EvalkitError
+from evalkit.models.eos import eos_token_ids
 from evalkit.models.logprobs import document_groups, target_logprobs
 from evalkit.models.padding import left_pad
+from evalkit.models.placement import check_device, load_dtype
+from evalkit.models.request_plan import (
+    TokenPair,
+    check_stride,
+    encode_pair,
+    prefix_token_id,
+    rolling_windows,
+    tok_encode,
+    truncate_pair,
+)
 from evalkit.requests import Generate, Loglikelihood, Response, RollingLoglikelihood, Timing
 
 # lm-evaluation-harness's fallbacks when neither config nor tokenizer states a context length.
 _DEFAULT_MAX_LENGTH = 2048
 _TOKENIZER_INFINITY = 1000000000000000019884624838656
 
-TokenPair = tuple[list[int], list[int]]
 OnDone = Callable[[dict[int, Response]], None]  # requests just finished: index in the call -> final response
 
 
@@ -175,64 +184,26 @@ class HFModel:
         self.name = name or getattr(model, "name_or_path", "") or type(model).__name__
         self.batch_size = batch_size
         self.max_length = max_length or resolve_max_length(model.config, tokenizer)
-        if stride is not None and not 1 <= stride <= self.max_length:
-            raise EvalkitError(f"stride must be between 1 and max_length={self.max_length}, got {stride}")
+        check_stride(stride, self.max_length)
         self.stride = stride
         self.device = next(model.parameters()).device
         self.vocab_size = head.weight.shape[0]
-        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        self.eos_token_ids = eos_token_ids(getattr(model, "generation_config", None), model.config, tokenizer)
         self.num_parameters = sum(p.numel() for p in model.parameters())
         self.draft: Any = None  # a draft model's Backend for speculative decoding (see evalkit.models.draft)
         # lm-eval's prefix token: conditions empty contexts and the first rolling window.
-        self.prefix_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        self._prefix_text = tokenizer.decode(self.prefix_token_id)
+        self.prefix_token_id = prefix_token_id(tokenizer)
 
     # ------------------------------------------------------------------ tokenization
 
     def encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]:
-        """``HFLM.tok_encode``: the tokenizer's own special-token default, unless the text already starts with BOS."""
-        kwargs = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
-        if add_special_tokens is None and text.startswith(self._prefix_text):
-            kwargs = {"add_special_tokens": False}
-        return self.tokenizer.encode(text, **kwargs)
+        """``HFLM.tok_encode`` (see :func:`evalkit.models.request_plan.tok_encode`)."""
+        return tok_encode(self.tokenizer, text, add_special_tokens)
 
     def encode_pair(self, context: str, continuation: str) -> TokenPair:
-        """Context and continuation tokens, split exactly as lm-evaluation-harness 0.4.13 splits them.
-
-        Trailing whitespace of the context moves to the continuation (so " word"
-        tokenizes as one token, as it would in running text). A causal model
-        encodes context + continuation whole and takes the continuation as the
-        tokens after the context's own encoding; an encoder-decoder encodes the
-        two separately. An empty context is replaced by the prefix token.
-        """
-        if context == "":
-            cont = self.encode(continuation, add_special_tokens=False)
-            if cont and cont[0] == self.prefix_token_id:
-                ctx, cont = cont[:1], cont[1:]
-            else:
-                ctx = [self.prefix_token_id]
-        else:
-            n_spaces = len(context) - len(context.rstrip())
-            if n_spaces:
-                context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-            if self.is_encoder_decoder:
-                ctx, cont = self.encode(context), self.encode(continuation, add_special_tokens=False)
-            else:
-                whole, ctx = self.encode(context + continuation), self.encode(context)
-                cont = whole[len(ctx) :]
-            # A context of blanks only: lm-eval would assert; condition on the prefix token instead.
-            ctx = ctx or [self.prefix_token_id]
-        if not cont:
-            raise EvalkitError(
-                f"loglikelihood request has an empty continuation (context ends {context[-40:]!r}); "
-                "give every choice some text"
-            )
-        if len(cont) > self.max_length:
-            raise EvalkitError(
-                f"loglikelihood continuation of {len(cont)} tokens is longer than the model's "
-                f"max_length={self.max_length}; shorten the continuation or raise max_length"
-            )
-        return ctx, cont
+        """Context and continuation ids as lm-evaluation-harness 0.4.13 splits them
+        (see :func:`evalkit.models.request_plan.encode_pair`)."""
+        return encode_pair(self.tokenizer, context, continuation, self.max_length, encoder_decoder=self.is_encoder_decoder)
 
     # ------------------------------------------------------------------ LanguageModel
 
@@ -249,14 +220,12 @@ class HFModel:
         ``batch_size`` windows (:func:`document_groups`), so they finish one
         group at a time instead of all at the end.
         """
-        context_len = 1 if self.stride is None else self.max_length - self.stride + 1
         windows: list[TokenPair] = []
         owners: list[int] = []
         counts = [0] * len(requests)
         for i, request in enumerate(requests):
-            tokens = self.encode(request.text)
-            for window in get_rolling_token_windows(tokens, self.prefix_token_id, self.max_length, context_len):
-                windows.append(make_disjoint_window(window))
+            for window in rolling_windows(self.encode(request.text), self.prefix_token_id, self.max_length, self.stride):
+                windows.append(window)
                 owners.append(i)
                 counts[i] += 1
         responses = [Response(logprob=0.0, is_greedy=True) for _ in requests]
@@ -332,9 +301,9 @@ class HFModel:
         Returns the continuation tokens' log-probabilities and whether each was
         the argmax, concatenated over the batch, plus each row's input length.
         As in lm-eval, a row's input is the last ``max_length + 1`` tokens of
-        context + continuation minus the final one.
+        context + continuation minus the final one (:func:`truncate_pair`).
         """
-        inputs = [(ctx + cont)[-(self.max_length + 1) :][:-1] for ctx, cont in pairs]
+        inputs = [(ctx + cont)[:-1] for ctx, cont in (truncate_pair(*pair, self.max_length) for pair in pairs)]
         ids = torch.zeros(len(inputs), max(map(len, inputs)), dtype=torch.long)
         for row, tokens in enumerate(inputs):
             ids[row, : len(tokens)] = torch.tensor(tokens)
@@ -440,7 +409,7 @@ class HFSeq2SeqModel(HFModel):
         )
 
     def batch_logprobs(self, pairs: Sequence[TokenPair]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        contexts = [ctx[-self.max_length :] for ctx, _ in pairs]
+        contexts = [truncate_pair(ctx, cont, self.max_length, encoder_decoder=True)[0] for ctx, cont in pairs]
         input_ids, attention_mask = self._right_pad(contexts)
         labels, _ = self._right_pad([cont for _, cont in pairs], fill=-100)
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits
@@ -526,28 +495,6 @@ class HFSeq2SeqModel(HFModel):
         return ids.to(self.device), mask.to(self.device)
 
 
-def _eos_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
-    """The ids that end generation: the generation config's (what ``generate`` stops on), else the tokenizer's."""
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return ()
-    return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
-
-
-def _torch_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype | str:
-    """None: float32 on CPU (bf16 matmuls are slow and inexact there), the checkpoint's dtype elsewhere."""
-    if dtype is None:
-        return torch.float32 if device == "cpu" else "auto"
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    resolved = getattr(torch, str(dtype), None)
-    if not isinstance(resolved, torch.dtype):
-        raise EvalkitError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto")
-    return resolved
-
-
 def load_hf(
     path: str,
     *,
@@ -570,8 +517,7 @@ def load_hf(
 
     from evalkit.models.gguf_cache import convert_gguf
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EvalkitError(f"device={device!r} requested but CUDA is not available here; use device='cpu'")
+    check_device(device)
     source = Path(path).expanduser()
     if gguf_file is not None:
         source = source / gguf_file
@@ -584,7 +530,7 @@ def load_hf(
         config = transformers.AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
         auto = transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM
         model = auto.from_pretrained(
-            location, dtype=_torch_dtype(dtype, device), trust_remote_code=trust_remote_code
+            location, dtype=load_dtype(dtype, device, accelerated="auto"), trust_remote_code=trust_remote_code
         ).to(device)
         tokenizer = transformers.AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:

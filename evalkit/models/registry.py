@@ -18,6 +18,7 @@ from pathlib import Path
 from evalkit.errors import EvalkitError
 from evalkit.hub import hub_reachable as hub_answers
 from evalkit.models.base import LanguageModel
+from evalkit.models.placement import native_dtype_refusal
 from evalkit.progress import current as current_progress
 from evalkit.progress import step
 
@@ -135,9 +136,6 @@ def resolve_model_path(name: str) -> str:
 #: What ``backend=`` takes: ``auto`` picks ``native`` or ``hf`` per model (see :func:`resolve_backend`).
 BACKENDS = ("auto", "hf", "native", "openai")
 
-# The precisions the native engine runs (as evalkit.models.native._parse_dtype spells them).
-_NATIVE_DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-
 
 def resolve_backend(name: str, backend: str = "auto", dtype: str | None = None, *, announce: bool = True) -> tuple[str, str]:
     """The adapter that loads ``name`` and one line saying why: ``("native", "auto: LlamaForCausalLM runs on the native engine")``.
@@ -169,7 +167,7 @@ def resolve_backend(name: str, backend: str = "auto", dtype: str | None = None, 
     return chosen, reason
 
 
-def _native_support(path: str, dtype: object) -> tuple[str, str | None]:
+def _native_support(path: str, dtype: str | None) -> tuple[str, str | None]:
     """The model's architecture name, and why the native engine does not run it (None: it does)."""
     import transformers
 
@@ -181,8 +179,9 @@ def _native_support(path: str, dtype: object) -> tuple[str, str | None]:
     unsupported = f"the native engine does not support {architecture}"
     if getattr(config, "is_encoder_decoder", False):
         return architecture, f"{unsupported} (an encoder-decoder model)"
-    if dtype is not None and str(dtype).removeprefix("torch.") not in _NATIVE_DTYPES:
-        return architecture, f"the native engine does not run dtype {str(dtype).removeprefix('torch.')!r} (only float32, bfloat16, float16)"
+    dtype_refusal = native_dtype_refusal(dtype)
+    if dtype_refusal is not None:
+        return architecture, dtype_refusal
     try:
         from evalkit.models.native.config import SUPPORTED_MODEL_TYPES, NativeConfig
     except ImportError as err:

@@ -13,9 +13,11 @@ from typing import Any
 import torch
 
 from evalkit.errors import EvalkitError
+from evalkit.models.eos import eos_token_ids
 from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.engine import NativeModel
 from evalkit.models.native.weights import build_model, read_safetensors_folder
+from evalkit.models.placement import check_device, load_dtype, native_dtype_refusal
 
 __all__ = ["NativeConfig", "NativeModel", "load_native"]
 
@@ -37,12 +39,11 @@ def load_native(
     """
     import transformers
 
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EvalkitError(f"device={device!r} was asked for but torch sees no CUDA device; use device='cpu'")
-    if isinstance(dtype, str):
-        dtype = _parse_dtype(dtype)
-    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    dev = check_device(device)
+    dtype = load_dtype(dtype, dev, accelerated=torch.bfloat16)
+    refusal = native_dtype_refusal(dtype)
+    if refusal is not None:
+        raise EvalkitError(f"{refusal}; use backend='hf'")
     kw.pop("trust_remote_code", None)  # LLaMA-family code is built in; nothing remote to trust
     folder = _resolve_folder(str(Path(name_or_path) / gguf_file) if gguf_file else name_or_path)
     try:
@@ -52,14 +53,9 @@ def load_native(
         raise EvalkitError(f"cannot read a transformers config and tokenizer from {folder}: {e}".splitlines()[0]) from e
     config = NativeConfig.from_hf(hf_config)
     model = build_model(config, read_safetensors_folder(folder), dev, dtype)
-    eos = []
-    generation = folder / "generation_config.json"
-    if generation.exists():
-        eos_id = transformers.GenerationConfig.from_pretrained(folder).eos_token_id
-        eos += eos_id if isinstance(eos_id, list) else [eos_id] if eos_id is not None else []
-    eos += [hf_config.eos_token_id] if isinstance(hf_config.eos_token_id, int) else (hf_config.eos_token_id or [])
-    if tokenizer.eos_token_id is not None:
-        eos.append(tokenizer.eos_token_id)
+    has_generation_config = (folder / "generation_config.json").exists()
+    generation = transformers.GenerationConfig.from_pretrained(folder) if has_generation_config else None
+    eos = eos_token_ids(generation, hf_config, tokenizer)
     kw.setdefault("name", str(name_or_path))
     return NativeModel(model, tokenizer, batch_size=batch_size, eos_token_ids=eos, **kw)
 
@@ -82,10 +78,3 @@ def _resolve_folder(name_or_path: str) -> Path:
     except Exception as e:  # offline, unknown id, gated repo: one line, not a traceback
         raise EvalkitError(f"cannot fetch {name_or_path!r} from the Hugging Face hub: {type(e).__name__}") from e
 
-
-def _parse_dtype(name: str) -> torch.dtype:
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if name not in names:
-        raise EvalkitError(f"unknown dtype {name!r}; use one of {', '.join(names)}")
-    return names[name]

@@ -32,13 +32,14 @@ from typing import Any, Callable, Sequence
 import torch
 
 from evalkit.decoding.config import DecodingConfig
+from evalkit.models.eos import eos_token_ids as checkpoint_eos_ids
 from evalkit.models.logprobs import document_groups, target_logprobs
 from evalkit.models.native.cache import KVCache, bytes_per_token
 from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.model import Transformer, can_pack_linears
-from evalkit.models.native.tokens import encode_pair, prefix_token_id, rolling_windows, tok_encode, truncate_pair
 from evalkit.models.native.weights import build_model
 from evalkit.models.padding import left_pad
+from evalkit.models.request_plan import TokenPair, check_stride, encode_pair, prefix_token_id, rolling_windows, tok_encode, truncate_pair
 from evalkit.requests import Generate, Loglikelihood, Response, RollingLoglikelihood, Timing
 
 # Where the shared part outweighs the new part, a prefix tree grows to this many tokens. Sharing a 600-token
@@ -77,7 +78,7 @@ class _Segment:
         return all(end == len(self.tokens) for end in self.ends)
 
     @classmethod
-    def grow(cls, pairs: list[tuple[list[int], list[int]]], pack_tokens: int) -> list["_Segment"]:
+    def grow(cls, pairs: list[TokenPair], pack_tokens: int) -> list["_Segment"]:
         """Prefix trees over ``pairs``, taken in sorted order so that requests sharing a prefix are neighbours.
 
         A request joins the current tree when it shares a prefix with it and
@@ -161,8 +162,9 @@ class NativeModel:
         self.dtype = model.embed.weight.dtype
         self.vocab_size = self.config.vocab_size
         if eos_token_ids is None:
-            eos_token_ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+            eos_token_ids = checkpoint_eos_ids(None, None, tokenizer)
         self.eos_token_ids = tuple(dict.fromkeys(int(t) for t in eos_token_ids))
+        check_stride(stride, self.max_length)
         self.stride = stride
         # Tokens per forward call in prefill and scoring: bounds activations. On CPU, 1024 keeps a call's activations
         # in cache and ran hellaswag 20% faster than 4096 (benchmarks/README.md); a GPU needs bigger calls to be busy.
@@ -199,7 +201,7 @@ class NativeModel:
         dtype = dtype or next(model.parameters()).dtype
         config = NativeConfig.from_hf(model.config)
         if "eos_token_ids" not in kw:
-            kw["eos_token_ids"] = _eos_ids(model, tokenizer)
+            kw["eos_token_ids"] = checkpoint_eos_ids(getattr(model, "generation_config", None), model.config, tokenizer)
         kw.setdefault("name", getattr(model.config, "_name_or_path", "") or "native")
         return cls(build_model(config, model.state_dict(), device, dtype), tokenizer, batch_size=batch_size, **kw)
 
@@ -272,7 +274,7 @@ class NativeModel:
     def loglikelihood(self, requests: Sequence[Loglikelihood], on_done: OnDone | None = None) -> list[Response]:
         pairs = []
         for r in requests:
-            ctx, cont = encode_pair(self.tokenizer, r.context, r.continuation)
+            ctx, cont = encode_pair(self.tokenizer, r.context, r.continuation, self.max_length)
             pairs.append(truncate_pair(ctx, cont, self.max_length))
         out: list[Response | None] = [None] * len(pairs)
 
@@ -316,7 +318,7 @@ class NativeModel:
     @torch.inference_mode()
     def _score(
         self,
-        pairs: list[tuple[list[int], list[int]]],
+        pairs: list[TokenPair],
         scored: Callable[[dict[int, tuple[list[float], bool, Timing]]], None] | None = None,
     ) -> list[tuple[list[float], bool, Timing]]:
         """Per pair: continuation token logprobs, whether greedy decoding would produce it, timing.
@@ -414,12 +416,3 @@ class NativeModel:
 
         return torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
 
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """EOS ids from the generation config (may be several, e.g. Llama 3) and the tokenizer."""
-    ids = []
-    gen = getattr(model, "generation_config", None)
-    for source in (getattr(gen, "eos_token_id", None), getattr(model.config, "eos_token_id", None), tokenizer.eos_token_id):
-        if source is not None:
-            ids += source if isinstance(source, list) else [source]
-    return ids
