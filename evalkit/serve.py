@@ -40,10 +40,10 @@ import torch
 from evalkit.decoding.config import DecodingConfig
 from evalkit.errors import EvalkitError
 from evalkit.models.base import Backend, LanguageModel
+from evalkit.models.logprobs import prompt_logprobs
 from evalkit.requests import Generate, Response
 from evalkit.tasks.chat import ChatTemplate, resolve_template
 
-_CHUNK = 256  # prompt tokens per forward when scoring an echo: bounds the logits buffer to 256 x vocab
 _MAX_TOP_LOGPROBS = 20
 _CHAT_MAX_TOKENS = 256  # chat requests without max_tokens
 
@@ -246,30 +246,6 @@ def decoding_from_request(body: dict) -> DecodingConfig:
         return DecodingConfig(**values)
     except (EvalkitError, TypeError) as err:
         raise BadRequest(str(err)) from None
-
-
-def prompt_logprobs(model: Any, ids: list[int], top: int) -> tuple[list[float | None], list[dict[int, float] | None]]:
-    """Each prompt token's log-probability given the tokens before it, and the ``top`` likeliest tokens there.
-
-    Runs ``Backend.forward`` over the prompt in chunks of ``_CHUNK`` tokens,
-    appending to one KV cache. The first token has no context: None.
-    """
-    cache = model.new_cache(1, len(ids))
-    logprobs: list[float | None] = [None]
-    tops: list[dict[int, float] | None] = [None]
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start:start + _CHUNK]
-        tokens = torch.tensor([chunk], dtype=torch.long, device=model.device)
-        positions = torch.arange(start, start + len(chunk), dtype=torch.long, device=model.device)[None]
-        logits = model.forward(tokens, positions, cache)[0]
-        targets = ids[start + 1:start + len(chunk) + 1]
-        lp = torch.log_softmax(logits[: len(targets)].float(), dim=-1)
-        picked = lp.gather(1, torch.tensor(targets, device=lp.device)[:, None]).squeeze(1)
-        best = lp.topk(max(top, 1), dim=-1)
-        logprobs.extend(picked.tolist())
-        for values, indices in zip(best.values.tolist(), best.indices.tolist()):
-            tops.append(dict(zip(indices[:top], values[:top])) if top else {indices[0]: values[0]})
-    return logprobs, tops
 
 
 def token_pieces(decode: Any, ids: list[int]) -> list[str]:
