@@ -20,10 +20,11 @@ more are trimmed, so the cache is as wide as its longest live row.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -97,7 +98,7 @@ class HFCache:
         elif int(used[0]) > 0 or int(used[-1]) + 1 < self.mask.shape[1]:
             self.keep_columns(int(used[0]), int(used[-1]) + 1)
 
-    def splice(self, rows: torch.Tensor, part: "HFCache") -> None:
+    def splice(self, rows: torch.Tensor, part: HFCache) -> None:
         """Rows ``rows`` take the contents of ``part`` (a cache of ``len(rows)`` rows), right-aligned."""
         width, new = self.mask.shape[1], part.mask.shape[1]
         if not self.layers():  # nothing cached yet: the first prompts set the layout

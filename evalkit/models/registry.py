@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
@@ -64,13 +64,13 @@ def hub_reachable(hub_id: str) -> bool:
     return hub_answers() and _hub_serves(hub_id)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _hub_serves(hub_id: str) -> bool:
     from huggingface_hub import HfApi
 
     try:
         HfApi().model_info(hub_id, timeout=_HUB_TIMEOUT_S)
-    except Exception:  # noqa: BLE001 - every failure (gated, missing, timeout) means the same here: use the local copy
+    except Exception:  # every failure (gated, missing, timeout) means the same here: use the local copy
         return False
     return True
 
@@ -82,7 +82,7 @@ def installed_gguf(alias: ModelAlias) -> Path | None:
     spec = importlib.util.find_spec(alias.gguf_package)
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / alias.gguf_filename
+    path = Path(next(iter(spec.submodule_search_locations))) / alias.gguf_filename
     return path if path.is_file() else None
 
 
@@ -173,7 +173,7 @@ def _native_support(path: str, dtype: str | None) -> tuple[str, str | None]:
 
     try:
         config = transformers.AutoConfig.from_pretrained(path)
-    except Exception as err:  # noqa: BLE001 - unreadable here (offline, custom code): transformers' loader says why
+    except Exception as err:  # unreadable here (offline, custom code): transformers' loader says why
         return Path(path).name or path, f"its transformers config could not be read ({type(err).__name__})"
     architecture = (getattr(config, "architectures", None) or [None])[0] or str(getattr(config, "model_type", "?"))
     unsupported = f"the native engine does not support {architecture}"

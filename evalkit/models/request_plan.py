@@ -12,7 +12,8 @@ without importing lm-eval to do it.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from evalkit.errors import EvalkitError
 
@@ -118,7 +119,7 @@ def _token_windows(tokens: list[int], prefix: int, max_length: int, context_len:
         return
     pred_len = max_length - context_len + 1
     first = min(max_length, len(tokens))
-    yield [prefix] + tokens[: first - 1], tokens[:first]
+    yield [prefix, *tokens[: first - 1]], tokens[:first]
     predicted = first
     while predicted < len(tokens):
         window_pred_len = min(len(tokens) - predicted, pred_len)

@@ -69,7 +69,7 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device,
         announce: bool = True,
-    ) -> "KVCache":
+    ) -> KVCache:
         check_fits(config, batch, max_len, dtype, device, announce)
         shape = (config.n_layers, batch, config.n_kv_heads, max_len + 1, config.head_dim)
         return cls(
@@ -91,7 +91,7 @@ class KVCache:
         """The longest row: attention never needs to look past it."""
         return int(self.lengths.max()) if self.batch else 0
 
-    def reorder(self, index: torch.Tensor) -> "KVCache":
+    def reorder(self, index: torch.Tensor) -> KVCache:
         """Row ``i`` becomes old row ``index[i]`` (repeats allowed, for beams and shared prompts), copying only the
         used slots. The row count may change; when it does not, the tensors are updated in place, so a captured
         decode step (which holds their addresses) stays valid."""

@@ -41,7 +41,7 @@ class NativeConfig:
     sliding_layers: tuple[bool, ...] = ()
 
     @classmethod
-    def from_hf(cls, hf_config: Any) -> "NativeConfig":
+    def from_hf(cls, hf_config: Any) -> NativeConfig:
         """Read a LlamaConfig / MistralConfig / Qwen2Config; anything else is a clear error."""
         model_type = getattr(hf_config, "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:

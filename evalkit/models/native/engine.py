@@ -26,8 +26,9 @@ Where an evaluation spends its time, and what the engine does about it:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -78,7 +79,7 @@ class _Segment:
         return all(end == len(self.tokens) for end in self.ends)
 
     @classmethod
-    def grow(cls, pairs: list[TokenPair], pack_tokens: int) -> list["_Segment"]:
+    def grow(cls, pairs: list[TokenPair], pack_tokens: int) -> list[_Segment]:
         """Prefix trees over ``pairs``, taken in sorted order so that requests sharing a prefix are neighbours.
 
         A request joins the current tree when it shares a prefix with it and
@@ -195,7 +196,7 @@ class NativeModel:
         dtype: torch.dtype | None = None,
         batch_size: int = 8,
         **kw: Any,
-    ) -> "NativeModel":
+    ) -> NativeModel:
         """Build from an in-memory transformers causal LM (its config and state dict)."""
         device = torch.device(device) if device is not None else next(model.parameters()).device
         dtype = dtype or next(model.parameters()).dtype

@@ -14,8 +14,8 @@ needs logits.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +98,7 @@ class Block(nn.Module):
         self.gate_up = nn.Linear(c.hidden_size, 2 * c.intermediate_size, bias=c.mlp_bias)
         self.down = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
 
-    def forward(self, x: torch.Tensor, layer: int, ctx: "_StepContext") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layer: int, ctx: _StepContext) -> torch.Tensor:
         b, s, _ = x.shape
         qkv = self.qkv(self.attn_norm(x))
         q, k, v = qkv.split([self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], -1)

@@ -11,8 +11,8 @@ instead of silently producing a half-random model.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -116,10 +116,11 @@ def read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     index = folder / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = sorted(p.name for p in folder.glob("*.safetensors"))
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if index.exists()
+        else sorted(p.name for p in folder.glob("*.safetensors"))
+    )
     if not files:
         raise EvalkitError(f"no *.safetensors weights in {folder}; the native backend reads safetensors or GGUF checkpoints")
     state: dict[str, torch.Tensor] = {}
