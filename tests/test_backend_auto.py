@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from helpers import assert_one_line_error
 
 import evalkit
 from evalkit.api import _attach_draft_model, _resolve_decodings
@@ -33,11 +32,6 @@ def save_tiny(folder: Path, config, model_class, tokenizer) -> Path:
     model_class(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-@pytest.fixture(scope="module")
-def smollm2_tokenizer(smollm2_folder):
-    return transformers.AutoTokenizer.from_pretrained(smollm2_folder)
 
 
 def tiny_llama_config(vocab_size: int) -> transformers.LlamaConfig:
@@ -90,6 +84,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 # ----------------------------------------------------------------- which backend auto picks
 
 
+@pytest.mark.integration
 def test_auto_runs_smollm2_on_the_native_engine(smollm2_gguf):
     for name in (str(smollm2_gguf), "smollm2-135m"):
         backend, reason = resolve_backend(name)
@@ -97,6 +92,7 @@ def test_auto_runs_smollm2_on_the_native_engine(smollm2_gguf):
         assert reason == "auto: LlamaForCausalLM runs on the native engine"
 
 
+@pytest.mark.integration
 def test_auto_falls_back_to_hf_and_says_why(tiny_gpt2, tiny_t5, smollm2_gguf):
     backend, reason = resolve_backend(str(tiny_gpt2))
     assert backend == "hf" and "GPT2LMHeadModel" in reason and "'gpt2'" in reason and "llama" in reason, reason
@@ -109,6 +105,7 @@ def test_auto_falls_back_to_hf_and_says_why(tiny_gpt2, tiny_t5, smollm2_gguf):
         assert "\n" not in reason
 
 
+@pytest.mark.integration
 def test_explicit_backends_are_kept(tiny_gpt2):
     assert resolve_backend(str(tiny_gpt2), "native") == ("native", "asked for")  # loading it then fails (below)
     assert resolve_backend("http://127.0.0.1:9/v1::m", "openai") == ("openai", "asked for")
@@ -118,6 +115,7 @@ def test_explicit_backends_are_kept(tiny_gpt2):
         resolve_backend("http://127.0.0.1:9/v1::m")
 
 
+@pytest.mark.integration
 def test_load_model_defaults_to_auto(tiny_llama, tiny_gpt2):
     from evalkit.models.hf import HFModel
     from evalkit.models.native import NativeModel
@@ -127,6 +125,7 @@ def test_load_model_defaults_to_auto(tiny_llama, tiny_gpt2):
     assert isinstance(load_model(str(tiny_llama), backend="hf", batch_size=2), HFModel)
 
 
+@pytest.mark.integration
 def test_results_record_the_backend_that_ran(tiny_llama, tiny_gpt2, tmp_path):
     """results.json, the run's config and the response cache's model id all name the chosen backend, never auto."""
     cache = tmp_path / "responses.sqlite"
@@ -141,6 +140,7 @@ def test_results_record_the_backend_that_ran(tiny_llama, tiny_gpt2, tmp_path):
     assert other["backend"] == "hf" and other["efficiency"]["demo-choice"]["loglikelihood"]["cached"] == 0
 
 
+@pytest.mark.integration
 def test_a_live_model_object_runs_in_place_on_hf(tiny_llama, smollm2_tokenizer):
     """A transformers module passed to evaluate() is evaluated as it is: auto is hf even for a Llama."""
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama)
@@ -151,13 +151,15 @@ def test_a_live_model_object_runs_in_place_on_hf(tiny_llama, smollm2_tokenizer):
     assert native["results"] == results["results"]
 
 
-def test_native_on_an_unsupported_model_is_one_line(capsys, tiny_gpt2, tmp_path):
+@pytest.mark.integration
+def test_native_on_an_unsupported_model_is_one_line(one_line_error, tiny_gpt2, tmp_path):
     out = tmp_path / "out"
     argv = ["run", "--model", str(tiny_gpt2), "--backend", "native", "--tasks", "demo", "--output", str(out)]
-    assert_one_line_error(capsys, argv, "model_type 'gpt2'", "--backend hf")
+    one_line_error(argv, "model_type 'gpt2'", "--backend hf")
     assert not out.exists()
 
 
+@pytest.mark.integration
 def test_cli_runs_smollm2_on_native_by_default_and_says_so(tmp_path, smollm2_folder):
     """The README's command without flags: the native engine, said on stderr, in results.json and the folder name."""
     proc = run_cli("run", "--model", "smollm2-135m", "--tasks", "demo", "--limit", "2", "--bootstrap", "0", "--no-cache",
@@ -177,10 +179,11 @@ def test_cli_runs_smollm2_on_native_by_default_and_says_so(tmp_path, smollm2_fol
 # ----------------------------------------------------------------- --draft-model
 
 
-def test_draft_strategy_without_a_draft_model(capsys, tmp_path):
+@pytest.mark.unit
+def test_draft_strategy_without_a_draft_model(one_line_error, tmp_path):
     out = tmp_path / "out"
-    line = assert_one_line_error(
-        capsys, ["run", "--model", "smollm2-135m", "--tasks", "demo-arith", "--decoding", "greedy,draft4", "--output", str(out)],
+    line = one_line_error(
+        ["run", "--model", "smollm2-135m", "--tasks", "demo-arith", "--decoding", "greedy,draft4", "--output", str(out)],
         "'draft4'", "--draft-model NAME", "same tokenizer", "lookup4",
     )
     assert "draft_model" not in line
@@ -191,6 +194,7 @@ def test_draft_strategy_without_a_draft_model(capsys, tmp_path):
     assert "\n" not in message and "draft_model=NAME" in message and "lookup2" in message, message
 
 
+@pytest.mark.unit
 def test_draft_model_is_written_into_every_drafting_strategy():
     decodings = _resolve_decodings("greedy,draft4,lookup4", seed=0)
     attached, name = _attach_draft_model(decodings, "small-model")
@@ -203,6 +207,7 @@ def test_draft_model_is_written_into_every_drafting_strategy():
         assert _attach_draft_model(_resolve_decodings("greedy", seed=0), "small-model")[1] is None
 
 
+@pytest.mark.integration
 def test_unused_draft_model_is_a_warning_line(tiny_llama, tmp_path):
     proc = run_cli("run", "--model", str(tiny_llama), "--tasks", "demo-choice", "--limit", "1", "--bootstrap", "0",
                    "--no-cache", "--draft-model", "no-such-model", "--output", str(tmp_path / "out"), cwd=tmp_path)
@@ -212,6 +217,7 @@ def test_unused_draft_model_is_a_warning_line(tiny_llama, tmp_path):
     assert json.loads((tmp_path / "out" / "results.json").read_text())["meta"]["config"]["draft_model"] is None
 
 
+@pytest.mark.integration
 def test_draft_model_is_attached_to_its_target(tiny_llama, smollm2_folder):
     from evalkit.models.native import NativeModel
 
@@ -221,7 +227,8 @@ def test_draft_model_is_attached_to_its_target(tiny_llama, smollm2_folder):
     assert tokenizer_difference(target.tokenizer, draft.tokenizer) == (0, len(target.tokenizer.get_vocab()))
 
 
-def test_draft_model_with_another_tokenizer(capsys, tiny_llama, tiny_llama_bert, tmp_path):
+@pytest.mark.integration
+def test_draft_model_with_another_tokenizer(one_line_error, tiny_llama, tiny_llama_bert, tmp_path):
     target = load_model(str(tiny_llama), batch_size=2)
     with pytest.raises(EvalkitError) as info:
         load_draft(target, str(tiny_llama_bert), batch_size=2)
@@ -231,20 +238,22 @@ def test_draft_model_with_another_tokenizer(capsys, tiny_llama, tiny_llama_bert,
     assert getattr(target, "draft", None) is None  # nothing attached
     argv = ["run", "--model", str(tiny_llama), "--tasks", "demo-arith", "--decoding", "draft2", "--limit", "1",
             "--draft-model", str(tiny_llama_bert), "--no-cache", "--output", str(tmp_path / "out")]
-    line = assert_one_line_error(capsys, argv, "tokens differ", "--draft-model", "same tokenizer")
+    line = one_line_error(argv, "tokens differ", "--draft-model", "same tokenizer")
     assert "draft_model" not in line
 
 
-def test_draft_model_needs_logits(capsys, tmp_path):
+@pytest.mark.unit
+def test_draft_model_needs_logits(one_line_error, tmp_path):
     """An HTTP model gives no logits to verify drafts with: refused before the server is asked anything."""
     argv = ["run", "--model", "http://127.0.0.1:9/v1::smollm2", "--backend", "openai", "--tasks", "demo-arith",
             "--decoding", "draft2", "--draft-model", "smollm2-135m", "--output", str(tmp_path / "out")]
-    assert_one_line_error(capsys, argv, "logits", "--backend hf or --backend native")
+    one_line_error(argv, "logits", "--backend hf or --backend native")
     with pytest.raises(EvalkitError, match="backend='hf' or backend='native'"):
         evalkit.evaluate("http://127.0.0.1:9/v1::smollm2", backend="openai", tasks="demo-arith", decoding="draft2",
                          draft_model="smollm2-135m")
 
 
+@pytest.mark.integration
 def test_draft_model_end_to_end(tiny_llama, tmp_path, smollm2_folder):
     """`--draft-model`: recorded in the strategy's settings and the run's config; greedy drafts change no token."""
     out = tmp_path / "out"

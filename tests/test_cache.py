@@ -2,10 +2,14 @@
 
 import json
 
+import pytest
+
 from evalkit.cache import ResponseCache, response_key
 from evalkit.decoding.config import DecodingConfig
 from evalkit.requests import Generate, Loglikelihood, Response, Timing
 from evalkit.results import atomic_write_text
+
+pytestmark = pytest.mark.unit
 
 
 def test_generation_keys_depend_on_decoding_but_scoring_keys_do_not():

@@ -23,15 +23,11 @@ from evalkit.errors import EvalkitError
 from evalkit.models.registry import resolve_model_path
 from evalkit.tasks import get_task
 from evalkit.tasks.chat import PromptFormat, resolve_template
-from helpers import assert_one_line_error, cached_rows, load_benchmark
 
 SYSTEM = "You are a careful reader. Answer with the most plausible option."
 HELLASWAG = "hellaswag/hellaswag_val.rows_0000-1999.jsonl"
 
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_folder):
-    return transformers.AutoTokenizer.from_pretrained(str(smollm2_folder))
+pytestmark = pytest.mark.integration  # the real SmolLM2 tokenizer and weights, lm-eval's renderer and evaluator
 
 
 def _lm_eval_renderer(tokenizer):
@@ -86,16 +82,16 @@ def _gsm8k_yamls(tmp_path: Path, gen_prefix: str | None, shots: int) -> None:
     [(False, False, 0), (False, False, 3), (True, False, 0), (True, False, 3), (True, True, 3)],
     ids=["plain-0shot", "plain-3shot", "chat-0shot", "chat-3shot", "chat-3shot-multiturn"],
 )
-def test_generation_prompts_equal_lm_eval(tokenizer, data_dir, tmp_path, chat, multiturn, shots, gen_prefix):
+def test_generation_prompts_equal_lm_eval(smollm2_tokenizer, data_dir, tmp_path, chat, multiturn, shots, gen_prefix):
     """GSM8K-style generation prompts, with a system instruction: plain and chat, single- and multi-turn few-shot,
     with and without an answer prefix, each byte for byte lm-eval's context."""
     _gsm8k_files(data_dir, tmp_path)
     _gsm8k_yamls(tmp_path, gen_prefix, shots)
     theirs = _lm_eval_contexts(
-        tmp_path, "chat_gsm8k", 5, tokenizer,
+        tmp_path, "chat_gsm8k", 5, smollm2_tokenizer,
         apply_chat_template=chat, fewshot_as_multiturn=multiturn, system_instruction=SYSTEM,
     )
-    template = resolve_template(True, tokenizer, "smollm2-135m") if chat else None
+    template = resolve_template(True, smollm2_tokenizer, "smollm2-135m") if chat else None
     fmt = PromptFormat(chat=chat, chat_template=template, system_instruction=SYSTEM, fewshot_as_multiturn=multiturn)
     ours = get_task(str(tmp_path / "evalkit_gsm8k.yaml")).instances(limit=5, fmt=fmt)
     assert len(theirs) == len(ours) == 5
@@ -110,18 +106,18 @@ def test_generation_prompts_equal_lm_eval(tokenizer, data_dir, tmp_path, chat, m
         assert turns == expected + (["assistant"] if gen_prefix else [])
 
 
-def test_multiple_choice_contexts_and_continuations_equal_lm_eval(tokenizer, data_dir, tmp_path):
+def test_multiple_choice_contexts_and_continuations_equal_lm_eval(smollm2_tokenizer, data_dir, tmp_path, load_benchmark):
     """HellaSwag with the template: each context is lm-eval's, and each ending follows it without the delimiter."""
     parity = load_benchmark("lm_eval_parity")
     (tmp_path / "parity_hellaswag.yaml").write_text(parity.HELLASWAG_YAML.format(data=data_dir / HELLASWAG))
-    theirs = _lm_eval_contexts(tmp_path, "parity_hellaswag", 30, tokenizer, apply_chat_template=True, system_instruction=SYSTEM)
-    fmt = PromptFormat(chat=True, chat_template=resolve_template(True, tokenizer, "smollm2-135m"), system_instruction=SYSTEM)
+    theirs = _lm_eval_contexts(tmp_path, "parity_hellaswag", 30, smollm2_tokenizer, apply_chat_template=True, system_instruction=SYSTEM)
+    fmt = PromptFormat(chat=True, chat_template=resolve_template(True, smollm2_tokenizer, "smollm2-135m"), system_instruction=SYSTEM)
     ours = get_task("hellaswag", str(data_dir)).instances(limit=30, fmt=fmt)
     for instance in ours:
         assert [(r.context, r.continuation) for r in instance.requests] == [tuple(a) for a in theirs[instance.doc_id]]
 
 
-def test_hellaswag_with_template_scores_equal_lm_eval(smollm2, data_dir, tmp_path):
+def test_hellaswag_with_template_scores_equal_lm_eval(smollm2, data_dir, tmp_path, load_benchmark):
     """Run end to end on both harnesses: every sample's prompt is lm-eval's context, acc/acc_norm equal to 4 decimals."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -167,7 +163,7 @@ def test_native_and_hf_backends_give_the_same_prompts_and_acc(smollm2, data_dir,
     assert hf["acc"] == native["acc"] and hf["acc_norm"] == native["acc_norm"]
 
 
-def test_template_without_system_role_drops_the_system_message_as_lm_eval(tokenizer, data_dir, tmp_path):
+def test_template_without_system_role_drops_the_system_message_as_lm_eval(smollm2_tokenizer, data_dir, tmp_path):
     """A template that raises on a system message (as Gemma's and Mistral's do) renders without it, as lm-eval retries."""
     text = (
         "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
@@ -176,9 +172,9 @@ def test_template_without_system_role_drops_the_system_message_as_lm_eval(tokeni
     )
     path = tmp_path / "no_system.jinja"
     path.write_text(text)
-    template = resolve_template(str(path), tokenizer, "smollm2-135m")
+    template = resolve_template(str(path), smollm2_tokenizer, "smollm2-135m")
     assert template.source == f"file:{path}" and template.end_of_turn() == "<end_of_turn>"
-    their_tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    their_tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_tokenizer.name_or_path)
     their_tokenizer.chat_template = text
     render = _lm_eval_renderer(their_tokenizer)
     fmt = PromptFormat(chat=True, chat_template=template, system_instruction=SYSTEM)
@@ -186,7 +182,7 @@ def test_template_without_system_role_drops_the_system_message_as_lm_eval(tokeni
         assert instance.prompt == render(instance.messages) and SYSTEM not in instance.prompt
 
 
-def test_templated_and_plain_runs_never_share_cached_answers(smollm2_folder, tmp_path):
+def test_templated_and_plain_runs_never_share_cached_answers(smollm2_folder, tmp_path, cached_rows):
     """Loaded by name (a live model object is never cached): the templated run computes every answer anew."""
     cache = tmp_path / "responses.sqlite"
     common = dict(tasks="demo-choice", cache=cache, bootstrap=0)
@@ -203,10 +199,10 @@ def test_templated_and_plain_runs_never_share_cached_answers(smollm2_folder, tmp
 # ----------------------------------------------------------------- bad input: one line, exit 2, nothing written
 
 
-def test_fewshot_as_multiturn_needs_the_template(capsys, tmp_path):
+def test_fewshot_as_multiturn_needs_the_template(one_line_error, tmp_path):
     out = tmp_path / "out"
-    assert_one_line_error(
-        capsys, ["run", "--model", "smollm2-135m", "--tasks", "demo", "--fewshot-as-multiturn", "--output", str(out)],
+    one_line_error(
+        ["run", "--model", "smollm2-135m", "--tasks", "demo", "--fewshot-as-multiturn", "--output", str(out)],
         "--fewshot-as-multiturn", "--apply-chat-template",
     )
     assert not out.exists()
@@ -223,19 +219,19 @@ def test_fewshot_as_multiturn_needs_the_template(capsys, tmp_path):
     ],
     ids=["syntax-error", "empty", "not-utf8"],
 )
-def test_bad_template_file_is_one_line_naming_it(capsys, tmp_path, content, needles):
+def test_bad_template_file_is_one_line_naming_it(one_line_error, tmp_path, content, needles):
     """A broken template file: one line naming the file and what is wrong, nothing written."""
     path = tmp_path / "template.jinja"
     path.write_bytes(content)
     out = tmp_path / "out"
-    assert_one_line_error(
-        capsys, ["run", "--model", "smollm2-135m", "--tasks", "demo", "--apply-chat-template", str(path), "--output", str(out)],
+    one_line_error(
+        ["run", "--model", "smollm2-135m", "--tasks", "demo", "--apply-chat-template", str(path), "--output", str(out)],
         str(path), *needles,
     )
     assert not out.exists()
 
 
-def test_model_without_a_chat_template(capsys, smollm2_folder, tmp_path):
+def test_model_without_a_chat_template(one_line_error, smollm2_folder, tmp_path):
     """A base model (the converted folder without its template) given --apply-chat-template."""
     folder = tmp_path / "base-model"
     shutil.copytree(smollm2_folder, folder)
@@ -244,31 +240,31 @@ def test_model_without_a_chat_template(capsys, smollm2_folder, tmp_path):
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "chat_template.jinja").unlink(missing_ok=True)
     out = tmp_path / "out"
-    assert_one_line_error(
-        capsys, ["run", "--model", str(folder), "--tasks", "demo-choice", "--apply-chat-template", "--output", str(out), "--no-cache"],
+    one_line_error(
+        ["run", "--model", str(folder), "--tasks", "demo-choice", "--apply-chat-template", "--output", str(out), "--no-cache"],
         "has no chat template", "--apply-chat-template PATH",
     )
     assert not out.exists()
 
 
-def test_lm_eval_bridge_renders_as_lm_eval_hf(smollm2, tokenizer):
+def test_lm_eval_bridge_renders_as_lm_eval_hf(smollm2, smollm2_tokenizer):
     """`evalkit-lm-eval --apply_chat_template` renders through evalkit exactly as lm-eval's hf model would."""
     from evalkit.integrations.lm_eval_model import EvalkitLM
 
-    bridge, theirs = EvalkitLM(smollm2), _lm_eval_renderer(tokenizer)
-    assert bridge.chat_template(True) == tokenizer.chat_template
+    bridge, theirs = EvalkitLM(smollm2), _lm_eval_renderer(smollm2_tokenizer)
+    assert bridge.chat_template(True) == smollm2_tokenizer.chat_template
     history = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "2 + 2 = ?"}]
     assert bridge.apply_chat_template(history) == theirs(history)
     history.append({"role": "assistant", "content": "The answer is"})
     assert bridge.apply_chat_template(history, add_generation_prompt=False) == theirs(history, add_generation_prompt=False)
 
 
-def test_lm_eval_tasks_are_built_with_the_chat_format(tokenizer, data_dir):
+def test_lm_eval_tasks_are_built_with_the_chat_format(smollm2_tokenizer, data_dir):
     """`--tasks lm_eval:NAME --apply-chat-template`: lm-eval's own builder renders with evalkit's template."""
     from evalkit.integrations.lm_eval_tasks import lm_eval_tasks
 
     (task,) = lm_eval_tasks("hellaswag", str(data_dir))
-    template = resolve_template(True, tokenizer, "smollm2-135m")
+    template = resolve_template(True, smollm2_tokenizer, "smollm2-135m")
     plain = task.instances(limit=3)
     chat = task.instances(limit=3, fmt=PromptFormat(chat=True, chat_template=template, system_instruction=SYSTEM))
     for p, c in zip(plain, chat):

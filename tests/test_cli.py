@@ -7,8 +7,7 @@ import os
 import subprocess
 import sys
 
-
-from helpers import assert_one_line_error
+import pytest
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -21,31 +20,37 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
     )
 
 
-def test_unknown_task(capsys):
-    assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", "hellaswagg"], "hellaswagg", "evalkit list tasks")
+@pytest.mark.unit
+def test_unknown_task(one_line_error):
+    one_line_error(["run", "--model", "smollm2-135m", "--tasks", "hellaswagg"], "hellaswagg", "evalkit list tasks")
 
 
-def test_unknown_model(capsys, data_dir):
-    assert_one_line_error(capsys, ["run", "--model", "no-such-model", "--tasks", "demo"], "no-such-model", "evalkit list models")
+@pytest.mark.unit
+def test_unknown_model(one_line_error, data_dir):
+    one_line_error(["run", "--model", "no-such-model", "--tasks", "demo"], "no-such-model", "evalkit list models")
 
 
-def test_unknown_decoding(capsys):
-    assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", "demo", "--decoding", "beem4"], "beem4")
+@pytest.mark.unit
+def test_unknown_decoding(one_line_error):
+    one_line_error(["run", "--model", "smollm2-135m", "--tasks", "demo", "--decoding", "beem4"], "beem4")
 
 
-def test_missing_data_dir_names_the_fix(capsys, tmp_path):
-    assert_one_line_error(
-        capsys, ["run", "--model", "smollm2-135m", "--tasks", "hellaswag", "--data-dir", str(tmp_path)], "hellaswag", "--data-dir"
+@pytest.mark.unit
+def test_missing_data_dir_names_the_fix(one_line_error, tmp_path):
+    one_line_error(
+        ["run", "--model", "smollm2-135m", "--tasks", "hellaswag", "--data-dir", str(tmp_path)], "hellaswag", "--data-dir"
     )
 
 
-def test_malformed_yaml(capsys, tmp_path):
+@pytest.mark.unit
+def test_malformed_yaml(one_line_error, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: broken\noutput_type: [multiple_choice\n")
-    assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", str(bad)], "bad.yaml")
+    one_line_error(["run", "--model", "smollm2-135m", "--tasks", str(bad)], "bad.yaml")
 
 
-def test_unknown_metric_in_yaml(capsys, tmp_path):
+@pytest.mark.unit
+def test_unknown_metric_in_yaml(one_line_error, tmp_path):
     data = tmp_path / "items.jsonl"
     data.write_text(json.dumps({"q": "Two plus two is", "a": " four"}) + "\n")
     spec = tmp_path / "task.yaml"
@@ -54,10 +59,11 @@ def test_unknown_metric_in_yaml(capsys, tmp_path):
         f"dataset:\n  path: {data}\n"
         "doc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\nmetrics: [exact_match, blue]\n"
     )
-    assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", str(spec)], "blue", "evalkit list metrics")
+    one_line_error(["run", "--model", "smollm2-135m", "--tasks", str(spec)], "blue", "evalkit list metrics")
 
 
-def test_missing_field_in_data(capsys, tmp_path):
+@pytest.mark.unit
+def test_missing_field_in_data(one_line_error, tmp_path):
     data = tmp_path / "items.jsonl"
     data.write_text(json.dumps({"question": "Two plus two is"}) + "\n")
     spec = tmp_path / "task.yaml"
@@ -66,10 +72,11 @@ def test_missing_field_in_data(capsys, tmp_path):
         f"dataset:\n  path: {data}\n"
         "doc_to_text: '{{question}}'\ndoc_to_target: '{{answer}}'\nmetrics: [exact_match]\n"
     )
-    assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", str(spec), "--no-cache"], "answer")
+    one_line_error(["run", "--model", "smollm2-135m", "--tasks", str(spec), "--no-cache"], "answer")
 
 
-def test_prompt_longer_than_context(capsys, tmp_path):
+@pytest.mark.integration
+def test_prompt_longer_than_context(one_line_error, tmp_path):
     """A 9,000-word prompt does not fit SmolLM2's 8,192-token context: the error names the limit and the fix."""
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps({"text": "word " * 9000, "answer": "x"}) + "\n")
@@ -79,10 +86,11 @@ def test_prompt_longer_than_context(capsys, tmp_path):
         f"dataset:\n  path: {data}\n"
         "doc_to_text: '{{text}}'\ndoc_to_target: '{{answer}}'\nmetrics: [exact_match]\n"
     )
-    err = assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", str(spec), "--no-cache"], "8192")
+    err = one_line_error(["run", "--model", "smollm2-135m", "--tasks", str(spec), "--no-cache"], "8192")
     assert "token" in err
 
 
+@pytest.mark.unit
 def test_list_commands_name_the_builtins():
     tasks = run_cli("list", "tasks")
     assert tasks.returncode == 0, tasks.stderr
@@ -95,6 +103,7 @@ def test_list_commands_name_the_builtins():
         assert name in metrics.stdout
 
 
+@pytest.mark.integration
 def test_run_demo_writes_results_and_prints_table(tmp_path):
     """The README's main command (with a small limit): a results table, results.json and per-sample files."""
     out = tmp_path / "run"
@@ -128,6 +137,7 @@ def test_run_demo_writes_results_and_prints_table(tmp_path):
     assert again.returncode == 0 and "top-p0.9" in again.stdout
 
 
+@pytest.mark.integration
 def test_run_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
     """CI logs and `| tee`: plain progress lines naming task and strategy, with a final count; model loading announced."""
     import re
@@ -146,6 +156,7 @@ def test_run_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
     assert "\x1b[" not in proc.stderr  # no terminal control codes in a log
 
 
+@pytest.mark.unit
 def test_score_progress_line_per_system_and_metric(tmp_path, capsys):
     """`evalkit score`: each system x metric says when it starts and how long it took (TER alone can take minutes)."""
     from evalkit.cli import main as cli_main

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error
 from rich.console import Console
 
 from evalkit.cli import build_parser, cli_message, comparison_tables, fresh_run_dir, main, results_table
@@ -47,31 +46,34 @@ def yaml_task(tmp_path: Path, data: Path) -> Path:
 # ----------------------------------------------------------------- 1. a .gguf that is not GGUF
 
 
-def test_text_file_named_gguf(capsys, tmp_path):
+@pytest.mark.unit
+def test_text_file_named_gguf(one_line_error, tmp_path):
     fake = tmp_path / "x.gguf"
     fake.write_text("this is not a model\n")
     out = tmp_path / "out"
-    assert_one_line_error(capsys, ["run", "--model", str(fake), "--tasks", "demo", "--output", str(out)], "x.gguf", "GGUF")
+    one_line_error(["run", "--model", str(fake), "--tasks", "demo", "--output", str(out)], "x.gguf", "GGUF")
     assert not out.exists()
 
 
 # ----------------------------------------------------------------- 2. data that is not UTF-8
 
 
-def test_task_data_not_utf8_names_file_line_and_offset(capsys, tmp_path):
+@pytest.mark.unit
+def test_task_data_not_utf8_names_file_line_and_offset(one_line_error, tmp_path):
     data = tmp_path / "items.jsonl"
     good = json.dumps({"q": "Two plus two is", "a": " four"}) + "\n"
     data.write_bytes(good.encode() + b'{"q": "caf\xe9", "a": "x"}\n')
     offset = len(good.encode()) + len(b'{"q": "caf')
     start = time.perf_counter()
-    assert_one_line_error(
-        capsys, ["run", "--model", "smollm2-135m", "--tasks", str(yaml_task(tmp_path, data)), "--output", str(tmp_path / "out")],
+    one_line_error(
+        ["run", "--model", "smollm2-135m", "--tasks", str(yaml_task(tmp_path, data)), "--output", str(tmp_path / "out")],
         "items.jsonl", "line 2", f"byte offset {offset}", "0xe9", "UTF-8",
     )
     assert time.perf_counter() - start < 30  # found at task lookup: no model was loaded
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("suffix", ["csv", "txt", "json"])
 def test_every_local_format_reports_the_bad_byte(tmp_path, suffix):
     from evalkit.tasks import get_task
@@ -82,50 +84,55 @@ def test_every_local_format_reports_the_bad_byte(tmp_path, suffix):
         get_task(str(yaml_task(tmp_path, data)))
 
 
-def test_score_inputs_not_utf8(capsys, tmp_path):
+@pytest.mark.unit
+def test_score_inputs_not_utf8(one_line_error, tmp_path):
     ref = tmp_path / "ref.txt"
     ref.write_text("a b c\nd e f\n")
     hyp = tmp_path / "hyp.txt"
     hyp.write_bytes(b"a b c\nd \x80 f\n")
-    assert_one_line_error(capsys, ["score", "--hyp", str(hyp), "--ref", str(ref)], "hyp.txt", "line 2", "byte offset 8")
+    one_line_error(["score", "--hyp", str(hyp), "--ref", str(ref)], "hyp.txt", "line 2", "byte offset 8")
     rows = tmp_path / "rows.jsonl"
     first = b'{"system": "a", "hypothesis": "x", "reference": "y"}\n'
     rows.write_bytes(first + b'{"system": "\xc3(", "hypothesis": "x", "reference": "y"}\n')
     offset = len(first) + len(b'{"system": "')
-    assert_one_line_error(capsys, ["score", "--jsonl", str(rows)], "rows.jsonl", "line 2", f"byte offset {offset}", "0xc3")
+    one_line_error(["score", "--jsonl", str(rows)], "rows.jsonl", "line 2", f"byte offset {offset}", "0xc3")
 
 
 # ----------------------------------------------------------------- 3. --output that cannot be written, checked first
 
 
-def test_run_output_is_a_file(capsys, tmp_path):
+@pytest.mark.unit
+def test_run_output_is_a_file(one_line_error, tmp_path):
     taken = tmp_path / "results.json"
     taken.write_text("{}")
     # an unknown model too: the output check comes first, before any model or task work
-    assert_one_line_error(capsys, ["run", "--model", "no-such-model", "--tasks", "demo", "--output", str(taken)], "--output", "is a file")
+    one_line_error(["run", "--model", "no-such-model", "--tasks", "demo", "--output", str(taken)], "--output", "is a file")
     assert taken.read_text() == "{}"
 
 
-def test_run_output_under_a_file(capsys, tmp_path):
+@pytest.mark.unit
+def test_run_output_under_a_file(one_line_error, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
     out = blocker / "run"
-    assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", "demo", "--output", str(out)], "--output", "blocker")
+    one_line_error(["run", "--model", "smollm2-135m", "--tasks", "demo", "--output", str(out)], "--output", "blocker")
     assert blocker.read_text() == "x"
 
 
-def test_score_output_checked_before_scoring(capsys, tmp_path):
+@pytest.mark.unit
+def test_score_output_checked_before_scoring(one_line_error, tmp_path):
     taken = tmp_path / "taken"
     taken.write_text("x")
     ref = tmp_path / "ref.txt"
     ref.write_text("a b c\n")
     # a metric that would fail while scoring: the --output error comes first
-    assert_one_line_error(capsys, ["score", "--hyp", str(ref), "--ref", str(ref), "--metrics", "blue", "--output", str(taken)], "--output", "is a file")
+    one_line_error(["score", "--hyp", str(ref), "--ref", str(ref), "--metrics", "blue", "--output", str(taken)], "--output", "is a file")
 
 
-def test_report_path_that_is_a_folder(capsys, tmp_path):
-    assert_one_line_error(
-        capsys, ["run", "--model", "smollm2-135m", "--tasks", "demo", "--output", str(tmp_path / "out"), "--report", str(tmp_path)],
+@pytest.mark.unit
+def test_report_path_that_is_a_folder(one_line_error, tmp_path):
+    one_line_error(
+        ["run", "--model", "smollm2-135m", "--tasks", "demo", "--output", str(tmp_path / "out"), "--report", str(tmp_path)],
         "--report", "is a folder",
     )
     assert not (tmp_path / "out").exists()
@@ -134,28 +141,31 @@ def test_report_path_that_is_a_folder(capsys, tmp_path):
 # ----------------------------------------------------------------- 4. metric options
 
 
-def test_metric_option_with_an_invalid_value(capsys, tmp_path):
+@pytest.mark.unit
+def test_metric_option_with_an_invalid_value(one_line_error, tmp_path):
     ref = tmp_path / "ref.txt"
     ref.write_text("the cat sat\n")
-    line = assert_one_line_error(
-        capsys, ["score", "--hyp", str(ref), "--ref", str(ref), "--option", "bleu.tokenize=nonsense", "--output", str(tmp_path / "o")],
+    line = one_line_error(
+        ["score", "--hyp", str(ref), "--ref", str(ref), "--option", "bleu.tokenize=nonsense", "--output", str(tmp_path / "o")],
         "--option bleu.tokenize=nonsense", "13a", "intl",
     )
     assert 'options["' not in line
     assert not (tmp_path / "o").exists()
 
 
-def test_metric_option_with_an_unknown_name(capsys, tmp_path):
+@pytest.mark.unit
+def test_metric_option_with_an_unknown_name(one_line_error, tmp_path):
     ref = tmp_path / "ref.txt"
     ref.write_text("the cat sat\n")
-    assert_one_line_error(capsys, ["score", "--hyp", str(ref), "--ref", str(ref), "--option", "bleu.colour=red"],
+    one_line_error(["score", "--hyp", str(ref), "--ref", str(ref), "--option", "bleu.colour=red"],
                           "--option bleu.colour", "tokenize", "lowercase")
-    assert_one_line_error(capsys, ["score", "--hyp", str(ref), "--ref", str(ref), "--metrics", "wer,cer", "--option", "wer.lowercase=maybe"],
+    one_line_error(["score", "--hyp", str(ref), "--ref", str(ref), "--metrics", "wer,cer", "--option", "wer.lowercase=maybe"],
                           "--option wer.lowercase=maybe", "true, false")
-    assert_one_line_error(capsys, ["score", "--hyp", str(ref), "--ref", str(ref), "--metrics", "bleu", "--option", "wer.lowercase=true"],
+    one_line_error(["score", "--hyp", str(ref), "--ref", str(ref), "--metrics", "bleu", "--option", "wer.lowercase=true"],
                           "--option wer", "--metrics")
 
 
+@pytest.mark.unit
 def test_metric_options_api_wording():
     from evalkit.metrics.registry import build_metrics
 
@@ -165,6 +175,7 @@ def test_metric_options_api_wording():
         build_metrics("rouge1", {"rouge1": {"stem": True}})
 
 
+@pytest.mark.unit
 def test_one_option_for_several_metrics(tmp_path, capsys):
     hyp, ref = tmp_path / "hyp.txt", tmp_path / "ref.txt"
     hyp.write_text("The Cat sat\n")
@@ -179,39 +190,44 @@ def test_one_option_for_several_metrics(tmp_path, capsys):
 # ----------------------------------------------------------------- 5. --bootstrap and empty files
 
 
+@pytest.mark.unit
 def test_negative_bootstrap_is_refused(capsys):
     assert_argparse_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", "demo", "--bootstrap", "-5"], "--bootstrap", "0 (no intervals)")
     assert_argparse_error(capsys, ["score", "--hyp", "a", "--ref", "b", "--bootstrap", "0"], "--bootstrap", "positive")
 
 
+@pytest.mark.unit
 def test_bootstrap_zero_is_accepted_by_run():
     args = build_parser().parse_args(["run", "--model", "m", "--tasks", "t", "--bootstrap", "0"])
     assert args.bootstrap == 0
 
 
-def test_score_on_empty_files(capsys, tmp_path):
+@pytest.mark.unit
+def test_score_on_empty_files(one_line_error, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    assert_one_line_error(capsys, ["score", "--hyp", str(empty), "--ref", str(empty)], "empty.txt has no lines")
+    one_line_error(["score", "--hyp", str(empty), "--ref", str(empty)], "empty.txt has no lines")
     rows = tmp_path / "rows.jsonl"
     rows.write_text("\n")
-    assert_one_line_error(capsys, ["score", "--jsonl", str(rows)], "rows.jsonl has no lines")
+    one_line_error(["score", "--jsonl", str(rows)], "rows.jsonl has no lines")
 
 
 # ----------------------------------------------------------------- 6. API names in the API, flags in the CLI
 
 
-def test_api_errors_name_arguments_cli_errors_name_flags(capsys, tmp_path, monkeypatch):
+@pytest.mark.unit
+def test_api_errors_name_arguments_cli_errors_name_flags(one_line_error, tmp_path, monkeypatch):
     from evalkit.tasks import get_task
 
     monkeypatch.delenv("EVALKIT_DATA", raising=False)
     with pytest.raises(EvalkitError) as info:
         get_task("wmt21-de-en", str(tmp_path))
     assert "data_dir=DIR" in str(info.value) and "--data-dir" not in str(info.value)
-    line = assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", "wmt21-de-en", "--data-dir", str(tmp_path)], "--data-dir DIR")
+    line = one_line_error(["run", "--model", "smollm2-135m", "--tasks", "wmt21-de-en", "--data-dir", str(tmp_path)], "--data-dir DIR")
     assert "data_dir=" not in line
 
 
+@pytest.mark.unit
 def test_cli_message_maps_api_names_to_flags():
     assert cli_message("dtype='float16' does not apply to backend='openai'") == "--dtype float16 does not apply to --backend openai"
     assert cli_message("limit=0: must be positive; pass data_dir=DIR") == "--limit 0: must be positive; pass --data-dir DIR"
@@ -226,6 +242,7 @@ def test_cli_message_maps_api_names_to_flags():
 # ----------------------------------------------------------------- 7. run folders
 
 
+@pytest.mark.unit
 def test_default_run_folder_is_fresh(tmp_path):
     from datetime import datetime
 
@@ -240,16 +257,18 @@ def test_default_run_folder_is_fresh(tmp_path):
     assert fresh_run_dir("org/model", "native", tmp_path, now).name == "org_model-native-20260102-030405"
 
 
-def test_output_holding_a_run_is_refused_without_overwrite(capsys, tmp_path):
+@pytest.mark.unit
+def test_output_holding_a_run_is_refused_without_overwrite(one_line_error, tmp_path):
     out = tmp_path / "run"
     (out / "samples").mkdir(parents=True)
     (out / "results.json").write_text('{"model": "earlier"}')
     (out / "samples" / "old__greedy.jsonl").write_text("{}\n")
     before = files_under(out)
-    assert_one_line_error(capsys, ["run", "--model", "smollm2-135m", "--tasks", "demo", "--output", str(out)], str(out), "--overwrite")
+    one_line_error(["run", "--model", "smollm2-135m", "--tasks", "demo", "--output", str(out)], str(out), "--overwrite")
     assert files_under(out) == before
 
 
+@pytest.mark.integration
 def test_fresh_default_folder_and_overwrite_replaces_the_old_samples(tmp_path, monkeypatch, capsys):
     """Two real runs (SmolLM2, 2 items): the default folder is new and timestamped; --overwrite leaves no stale samples."""
     monkeypatch.chdir(tmp_path)
@@ -274,6 +293,7 @@ def test_fresh_default_folder_and_overwrite_replaces_the_old_samples(tmp_path, m
 # ----------------------------------------------------------------- 8. fast help, help on every option
 
 
+@pytest.mark.unit
 def test_help_is_fast():
     """`evalkit --help` must not import torch, transformers or the API: well under a second."""
     times = []
@@ -287,12 +307,14 @@ def test_help_is_fast():
     assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60).stdout.strip() == "[]"
 
 
+@pytest.mark.unit
 def test_evaluate_is_still_importable_from_the_package():
     import evalkit
 
     assert callable(evalkit.evaluate) and callable(evalkit.flatten) and evalkit.DecodingConfig.__name__ == "DecodingConfig"
 
 
+@pytest.mark.unit
 def test_every_option_has_help():
     parser = build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
@@ -330,6 +352,7 @@ def synthetic_results(labels: list[str]) -> dict:
     }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("labels", [["greedy", "top-p0.9"], ["greedy", "beam4", "temp0.7+top-p0.9+top-k50+rep1.2-with-a-long-name"]])
 def test_tables_fit_80_columns(labels):
     results = synthetic_results(labels)
@@ -344,6 +367,7 @@ def test_tables_fit_80_columns(labels):
         assert needle in text, needle
 
 
+@pytest.mark.unit
 def test_tables_stay_one_table_on_a_wide_console():
     results = synthetic_results(["greedy", "top-p0.9"])
     console = Console(width=160, record=True)

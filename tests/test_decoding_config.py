@@ -7,6 +7,8 @@ import pytest
 from evalkit.decoding import DecodingConfig, load_decoding_file, parse_decoding
 from evalkit.errors import EvalkitError
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("settings", "fragment"),

@@ -19,6 +19,8 @@ from evalkit.metrics.diversity import (
 from evalkit.requests import Response, Timing
 from evalkit.results import Efficiency
 
+pytestmark = pytest.mark.unit
+
 OUTPUTS = [
     "The cat sat on the mat, and the cat sat on the mat.",
     "A dog ran in the park.",

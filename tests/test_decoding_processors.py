@@ -23,6 +23,8 @@ from evalkit.decoding import processors as P
 from evalkit.decoding.processors import History, process
 from evalkit.decoding.sampling import sample, uniform
 
+pytestmark = pytest.mark.unit
+
 VOCAB = 500
 
 

@@ -19,6 +19,8 @@ import torch
 from evalkit.decoding import DecodingConfig, generate
 from evalkit.requests import Generate
 
+pytestmark = pytest.mark.integration
+
 MAX_NEW = 16
 BATCH = 8
 

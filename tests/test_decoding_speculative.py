@@ -21,15 +21,16 @@ from evalkit.decoding.speculative import LookupIndex
 from evalkit.errors import EvalkitError
 from evalkit.models.hf import HFModel
 from evalkit.requests import Generate
-from helpers import CharTokenizer
 
 EOS = 2
 
+pytestmark = pytest.mark.unit
 
-def _tiny(seed: int, layers: int = 2) -> LlamaForCausalLM:
+
+def _tiny(vocab_size: int, seed: int, layers: int = 2) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=CharTokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3,
         bos_token_id=1, eos_token_id=EOS, pad_token_id=0, tie_word_embeddings=False,
     )
@@ -37,13 +38,13 @@ def _tiny(seed: int, layers: int = 2) -> LlamaForCausalLM:
 
 
 @pytest.fixture(scope="module")
-def target() -> HFModel:
-    return HFModel(_tiny(0), CharTokenizer(), max_length=512)
+def target(char_tokenizer) -> HFModel:
+    return HFModel(_tiny(char_tokenizer.vocab_size, 0), char_tokenizer, max_length=512)
 
 
 @pytest.fixture(scope="module")
-def draft() -> HFModel:
-    return HFModel(_tiny(1, layers=1), CharTokenizer(), max_length=512)
+def draft(char_tokenizer) -> HFModel:
+    return HFModel(_tiny(char_tokenizer.vocab_size, 1, layers=1), char_tokenizer, max_length=512)
 
 
 PROMPTS = [
@@ -177,12 +178,12 @@ def test_bad_speculative_settings_are_one_line_errors(target):
     assert "\n" not in str(err.value) and "lookup4" in str(err.value)
 
 
-def test_a_captured_decode_step_cannot_draft_for_itself():
+def test_a_captured_decode_step_cannot_draft_for_itself(char_tokenizer):
     """With a CUDA-graph-style static cache (compile=True, here on CPU) the engine keeps one cache per shape,
     which the target and a draft that is the same object would share: refused in one line, before any work."""
     from evalkit.models.native import NativeModel
 
-    native = NativeModel.from_hf(_tiny(0), CharTokenizer(), eos_token_ids=[EOS], compile=True)
+    native = NativeModel.from_hf(_tiny(char_tokenizer.vocab_size, 0), char_tokenizer, eos_token_ids=[EOS], compile=True)
     config = DecodingConfig(speculative="draft", num_speculative_tokens=2, draft_model="itself")
     with pytest.raises(EvalkitError, match="load the draft as its own model") as err:
         generate(native, native.tokenizer, _requests(2), config, draft=native)

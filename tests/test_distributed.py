@@ -22,32 +22,30 @@ import torch
 import transformers
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO.parent / "shared" / "data"
 TASKS = "demo,hellaswag"
+
+pytestmark = pytest.mark.integration  # whole runs in subprocesses, under torchrun
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from evalkit.models.registry import resolve_model_path
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m"))
+def model_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=smollm2_tokenizer.bos_token_id, eos_token_id=smollm2_tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-llama")
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
     return folder
 
 
-def evalkit_run(model_dir: Path, out: Path, *, ranks: int, limit: int, cache: Path | None) -> tuple[dict, str]:
+def evalkit_run(model_dir: Path, data_dir: Path, out: Path, *, ranks: int, limit: int, cache: Path | None) -> tuple[dict, str]:
     """Run the CLI in 1 process or under torchrun; return results.json and the combined stdout."""
     args = [
         "run", "--model", str(model_dir), "--tasks", TASKS, "--limit", str(limit), "--batch-size", "2",
-        "--bootstrap", "100", "--data-dir", str(DATA_DIR), "--output", str(out),
+        "--bootstrap", "100", "--data-dir", str(data_dir), "--output", str(out),
     ]
     if cache is None:
         args.append("--no-cache")
@@ -69,13 +67,13 @@ def request_counts(results: dict) -> dict[tuple[str, str], int]:
 
 
 @pytest.fixture(scope="module")
-def single(model_dir, tmp_path_factory) -> dict:
-    return evalkit_run(model_dir, tmp_path_factory.mktemp("single"), ranks=1, limit=16, cache=None)[0]
+def single(model_dir, tmp_path_factory, data_dir) -> dict:
+    return evalkit_run(model_dir, data_dir, tmp_path_factory.mktemp("single"), ranks=1, limit=16, cache=None)[0]
 
 
-def test_two_ranks_write_the_results_of_one_process(model_dir, single, tmp_path):
+def test_two_ranks_write_the_results_of_one_process(model_dir, single, tmp_path, data_dir):
     cache = tmp_path / "cache"
-    two, stdout = evalkit_run(model_dir, tmp_path / "two", ranks=2, limit=16, cache=cache)
+    two, stdout = evalkit_run(model_dir, data_dir, tmp_path / "two", ranks=2, limit=16, cache=cache)
     assert two["results"] == single["results"]
     assert two["n_items"] == single["n_items"] and two["meta"]["config"]["world_size"] == 2
     assert set(two["results"]) == {"demo-lm", "demo-choice", "demo-arith", "hellaswag"}
@@ -86,15 +84,15 @@ def test_two_ranks_write_the_results_of_one_process(model_dir, single, tmp_path)
     with sqlite3.connect(cache / "responses.sqlite") as db:
         rows = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
     assert rows > 0
-    resumed, _ = evalkit_run(model_dir, tmp_path / "resumed", ranks=1, limit=16, cache=cache)
+    resumed, _ = evalkit_run(model_dir, data_dir, tmp_path / "resumed", ranks=1, limit=16, cache=cache)
     assert resumed["results"] == single["results"]
     assert cached_counts(resumed) == request_counts(resumed)
 
 
-def test_two_ranks_resume_what_one_process_computed(model_dir, single, tmp_path):
+def test_two_ranks_resume_what_one_process_computed(model_dir, single, tmp_path, data_dir):
     cache = tmp_path / "cache"
-    half, _ = evalkit_run(model_dir, tmp_path / "half", ranks=1, limit=8, cache=cache)
-    two, _ = evalkit_run(model_dir, tmp_path / "two", ranks=2, limit=16, cache=cache)
+    half, _ = evalkit_run(model_dir, data_dir, tmp_path / "half", ranks=1, limit=8, cache=cache)
+    two, _ = evalkit_run(model_dir, data_dir, tmp_path / "two", ranks=2, limit=16, cache=cache)
     assert two["results"] == single["results"]
     # rank 0 found the first 8 items' answers in the cache; the ranks computed only the rest
     assert cached_counts(two) == request_counts(half)

@@ -28,7 +28,6 @@ from evalkit.models.gguf_cache import cache_root, convert_gguf, read_gguf_token_
 from evalkit.models.hf import HFModel, HFSeq2SeqModel
 from evalkit.requests import Generate, Loglikelihood, RollingLoglikelihood
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TOL = 1e-4
 
 
@@ -38,17 +37,17 @@ def reference(smollm2_folder) -> HFLM:
     return HFLM(pretrained=str(smollm2_folder), batch_size=8, device="cpu")
 
 
-def hellaswag_requests(n_items: int) -> list[Loglikelihood]:
-    path = DATA / "hellaswag" / "hellaswag_val.rows_0000-1999.jsonl"
+def hellaswag_requests(data_dir: Path, n_items: int) -> list[Loglikelihood]:
+    path = data_dir / "hellaswag" / "hellaswag_val.rows_0000-1999.jsonl"
     with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for _, line in zip(range(n_items), f)]
     return [Loglikelihood(row["query"], " " + ending) for row in rows for ending in row["endings"]]
 
 
-def wikitext_documents(n: int, max_chars: int) -> list[str]:
+def wikitext_documents(data_dir: Path, n: int, max_chars: int) -> list[str]:
     """The first ``max_chars`` of the ``n`` shortest WikiText-2 test articles (split at their `` = Title = ``
     lines) that have at least that many characters."""
-    text = (DATA / "wikitext2_raw" / "wiki.test.raw.txt").read_text(encoding="utf-8")
+    text = (data_dir / "wikitext2_raw" / "wiki.test.raw.txt").read_text(encoding="utf-8")
     starts = [m.start() for m in re.finditer(r"^ = [^=].* = \n", text, flags=re.M)]
     articles = [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
     return [doc[:max_chars] for doc in sorted(articles, key=len) if len(doc) >= max_chars][:n]
@@ -75,14 +74,16 @@ def assert_matches_lm_eval(ours, theirs) -> None:
 # ---------------------------------------------------------------------------- real SmolLM2
 
 
+@pytest.mark.integration
 def test_protocols(smollm2):
     assert isinstance(smollm2, LanguageModel) and isinstance(smollm2, Backend)
     assert smollm2.max_length == 8192  # config.max_position_embeddings, as HFLM derives it
     assert smollm2.eos_token_ids == (2,) and smollm2.vocab_size == 49152
 
 
-def test_loglikelihood_matches_lm_eval_on_hellaswag(smollm2, reference):
-    requests = hellaswag_requests(2) + [
+@pytest.mark.integration
+def test_loglikelihood_matches_lm_eval_on_hellaswag(smollm2, reference, data_dir):
+    requests = hellaswag_requests(data_dir, 2) + [
         Loglikelihood("", "A man is sitting on a roof."),  # empty context: the prefix token conditions
         Loglikelihood("A man is sitting on a roof. He ", "starts pulling up roofing."),  # trailing space moves
     ]
@@ -91,25 +92,28 @@ def test_loglikelihood_matches_lm_eval_on_hellaswag(smollm2, reference):
     assert all(r.timing.prompt_tokens > 0 and r.timing.prefill_s > 0 for r in ours)
 
 
-def test_loglikelihood_batch_size_invariant(smollm2):
-    requests = hellaswag_requests(1)
+@pytest.mark.integration
+def test_loglikelihood_batch_size_invariant(smollm2, data_dir):
+    requests = hellaswag_requests(data_dir, 1)
     one_by_one = HFModel(smollm2.model, smollm2.tokenizer, batch_size=1)
     assert one_by_one.model is smollm2.model  # the live module is reused, not copied
     for a, b in zip(one_by_one.loglikelihood(requests), smollm2.loglikelihood(requests)):
         assert a.logprob == pytest.approx(b.logprob, abs=TOL) and a.is_greedy == b.is_greedy
 
 
-def test_rolling_loglikelihood_matches_lm_eval(smollm2, reference):
-    documents = wikitext_documents(2, max_chars=1000)
+@pytest.mark.integration
+def test_rolling_loglikelihood_matches_lm_eval(smollm2, reference, data_dir):
+    documents = wikitext_documents(data_dir, 2, max_chars=1000)
     ours = smollm2.loglikelihood_rolling([RollingLoglikelihood(d) for d in documents])
     for response, logprob, doc in zip(ours, lm_eval_rolling(reference, documents), documents):
         assert response.logprob == pytest.approx(logprob, abs=TOL * 10)
         assert len(response.token_logprobs) == len(smollm2.encode(doc))
 
 
-def test_rolling_windows_match_lm_eval_with_short_context(smollm2):
+@pytest.mark.integration
+def test_rolling_windows_match_lm_eval_with_short_context(smollm2, data_dir):
     """max_length=128 splits each document into several disjoint windows; lm-eval must agree window by window."""
-    documents = wikitext_documents(1, max_chars=1000)
+    documents = wikitext_documents(data_dir, 1, max_chars=1000)
     short = HFModel(smollm2.model, smollm2.tokenizer, batch_size=8, max_length=128)
     reference = HFLM(pretrained=smollm2.model, tokenizer=smollm2.tokenizer, batch_size=8, max_length=128, device="cpu")
     ours = short.loglikelihood_rolling([RollingLoglikelihood(d) for d in documents])
@@ -135,8 +139,9 @@ def left_padded(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tens
     return ids.to(device), positions.to(device)
 
 
-def test_left_padded_forward_matches_unpadded(smollm2):
-    prompts = [r.context for r in hellaswag_requests(3)[::4]]
+@pytest.mark.integration
+def test_left_padded_forward_matches_unpadded(smollm2, data_dir):
+    prompts = [r.context for r in hellaswag_requests(data_dir, 3)[::4]]
     rows = [smollm2.tokenizer.encode(p) for p in prompts]
     assert len({len(r) for r in rows}) == 3
     ids, positions = left_padded(rows, smollm2.device)
@@ -172,8 +177,9 @@ def greedy_with_backend(model: HFModel, rows: list[list[int]], steps: int, reord
     return torch.cat(out, dim=1).tolist()
 
 
-def test_backend_greedy_equals_transformers_generate(smollm2):
-    prompts = [r.context for r in hellaswag_requests(3)[::4]]
+@pytest.mark.integration
+def test_backend_greedy_equals_transformers_generate(smollm2, data_dir):
+    prompts = [r.context for r in hellaswag_requests(data_dir, 3)[::4]]
     rows = [smollm2.tokenizer.encode(p) for p in prompts]
     steps, keep = 6, [2, 0]
     ours = greedy_with_backend(smollm2, rows, steps, reorder_at=2, keep=keep)
@@ -185,9 +191,10 @@ def test_backend_greedy_equals_transformers_generate(smollm2):
     assert ours == expected[keep].tolist()
 
 
-def test_generate_through_decoding_loop_equals_transformers_generate(smollm2):
+@pytest.mark.integration
+def test_generate_through_decoding_loop_equals_transformers_generate(smollm2, data_dir):
     """HFModel.generate drives evalkit's decoding loop; greedy output is token-identical to model.generate."""
-    prompts = [r.context for r in hellaswag_requests(3)[::4]]
+    prompts = [r.context for r in hellaswag_requests(data_dir, 3)[::4]]
     responses = smollm2.generate([Generate(prompt=p, max_new_tokens=6) for p in prompts], DecodingConfig())
     tok = smollm2.tokenizer
     batch = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
@@ -199,15 +206,17 @@ def test_generate_through_decoding_loop_equals_transformers_generate(smollm2):
         assert response.timing.prefill_s > 0 and response.timing.decode_s > 0
 
 
-def test_generation_prompt_too_long_is_a_clear_error(smollm2):
+@pytest.mark.integration
+def test_generation_prompt_too_long_is_a_clear_error(smollm2, data_dir):
     short = HFModel(smollm2.model, smollm2.tokenizer, max_length=32)
-    request = Generate(prompt=hellaswag_requests(1)[0].context * 3, max_new_tokens=8)
+    request = Generate(prompt=hellaswag_requests(data_dir, 1)[0].context * 3, max_new_tokens=8)
     with pytest.raises(EvalkitError) as err:
         short.generate([request], DecodingConfig())
     message = str(err.value)
     assert "\n" not in message and "32 tokens" in message and "max_new_tokens=8" in message and "shorten" in message
 
 
+@pytest.mark.integration
 def test_gguf_conversion_is_cached(smollm2_gguf, smollm2_folder):
     gguf = smollm2_gguf
     weights = smollm2_folder / "model.safetensors"
@@ -228,6 +237,7 @@ def test_gguf_conversion_is_cached(smollm2_gguf, smollm2_folder):
     assert model.config.num_hidden_layers == 30 and model.config.tie_word_embeddings
 
 
+@pytest.mark.integration
 def test_gguf_tokenizer_follows_gguf_metadata(smollm2_gguf, smollm2_folder):
     meta = read_gguf_token_metadata(smollm2_gguf)
     tok = transformers.AutoTokenizer.from_pretrained(smollm2_folder)
@@ -240,11 +250,6 @@ def test_gguf_tokenizer_follows_gguf_metadata(smollm2_gguf, smollm2_folder):
 
 
 # ---------------------------------------------------------------------------- tiny random-weight models
-
-
-@pytest.fixture(scope="session")
-def tiny_tokenizer(smollm2_folder):
-    return transformers.AutoTokenizer.from_pretrained(smollm2_folder)
 
 
 def tiny_llama(attention_dropout: float = 0.0):
@@ -268,9 +273,10 @@ EDGE_CASES = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("add_bos", [False, True], ids=["no-bos", "bos"])
-def test_loglikelihood_edge_cases_match_lm_eval(tiny_tokenizer, add_bos):
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_tokenizer.name_or_path, add_bos_token=add_bos)
+def test_loglikelihood_edge_cases_match_lm_eval(smollm2_tokenizer, add_bos):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_tokenizer.name_or_path, add_bos_token=add_bos)
     assert (tokenizer.encode("x")[0] == 1) == add_bos
     model = tiny_llama()
     ours = HFModel(model, tokenizer, batch_size=3).loglikelihood(EDGE_CASES)
@@ -280,17 +286,19 @@ def test_loglikelihood_edge_cases_match_lm_eval(tiny_tokenizer, add_bos):
     assert [len(r.token_ids) for r in ours[:3]] == [2, 2, 3]  # "Hello"+" world"; prefix split off; " on the mat"
 
 
-def test_bad_loglikelihood_requests(tiny_tokenizer):
-    model = HFModel(tiny_llama(), tiny_tokenizer)
+@pytest.mark.integration
+def test_bad_loglikelihood_requests(smollm2_tokenizer):
+    model = HFModel(tiny_llama(), smollm2_tokenizer)
     with pytest.raises(EvalkitError, match="empty continuation"):
         model.loglikelihood([Loglikelihood("The cat", "")])
     with pytest.raises(EvalkitError, match="longer than the model's max_length=64"):
         model.loglikelihood([Loglikelihood("The cat", " sat" * 70)])
 
 
-def test_training_mode_is_restored_and_ignored(tiny_tokenizer):
+@pytest.mark.integration
+def test_training_mode_is_restored_and_ignored(smollm2_tokenizer):
     model = tiny_llama(attention_dropout=0.5)
-    adapter = HFModel(model, tiny_tokenizer)
+    adapter = HFModel(model, smollm2_tokenizer)
     expected = adapter.loglikelihood(EDGE_CASES[2:4])
     model.train()
     again = adapter.loglikelihood(EDGE_CASES[2:4])
@@ -314,13 +322,14 @@ def tiny_seq2seq(kind: str):
     return transformers.MarianMTModel(config).eval()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["t5", "marian"])
-def test_seq2seq_backend_greedy_equals_generate(tiny_tokenizer, kind):
+def test_seq2seq_backend_greedy_equals_generate(smollm2_tokenizer, kind, data_dir):
     model = tiny_seq2seq(kind)
-    adapter = HFSeq2SeqModel(model, tiny_tokenizer, max_length=64)
+    adapter = HFSeq2SeqModel(model, smollm2_tokenizer, max_length=64)
     assert isinstance(adapter, Backend)
-    prompts = [r.context for r in hellaswag_requests(2)[::4]]
-    rows = [tiny_tokenizer.encode(p)[:40] for p in prompts]
+    prompts = [r.context for r in hellaswag_requests(data_dir, 2)[::4]]
+    rows = [smollm2_tokenizer.encode(p)[:40] for p in prompts]
     steps = 5
     cache = adapter.new_cache(len(rows), steps)
     logits = adapter.prefill(cache, torch.arange(len(rows)), rows)
@@ -334,62 +343,65 @@ def test_seq2seq_backend_greedy_equals_generate(tiny_tokenizer, kind):
             token, out = token[[1, 1]], [t[[1, 1]] for t in out]
         logits = adapter.forward(token, torch.full_like(token, step + 1), cache)[:, -1]
     ours = torch.cat(out, dim=1)
-    batch = tiny_tokenizer.pad({"input_ids": rows}, padding_side="right", return_tensors="pt")
+    batch = smollm2_tokenizer.pad({"input_ids": rows}, padding_side="right", return_tensors="pt")
     expected = model.generate(
         **batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, num_beams=1
     )[:, 1:]
     assert ours.tolist() == expected[[1, 1]].tolist()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["t5", "marian"])
-def test_seq2seq_generate_through_decoding_loop(tiny_tokenizer, kind):
+def test_seq2seq_generate_through_decoding_loop(smollm2_tokenizer, kind):
     """The decoding loop calls prefill with -1-padded prompts; greedy output equals model.generate."""
     model = tiny_seq2seq(kind)
-    adapter = HFSeq2SeqModel(model, tiny_tokenizer, max_length=64, batch_size=2)
+    adapter = HFSeq2SeqModel(model, smollm2_tokenizer, max_length=64, batch_size=2)
     prompts = ["The cat sat on the mat.", "A man is sitting on a roof. He starts pulling up roofing."]
     responses = adapter.generate([Generate(prompt=p, max_new_tokens=5) for p in prompts], DecodingConfig())
-    batch = tiny_tokenizer(prompts, padding=True, padding_side="right", return_tensors="pt")
+    batch = smollm2_tokenizer(prompts, padding=True, padding_side="right", return_tensors="pt")
     expected = model.generate(**batch, max_new_tokens=5, do_sample=False, num_beams=1)
     for response, row in zip(responses, expected[:, 1:].tolist()):
         row = row[: row.index(2) + 1] if 2 in row else row
         assert response.token_ids == row
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["t5", "marian"])
-def test_seq2seq_beam_search_through_the_scheduler_equals_generate(tiny_tokenizer, kind):
+def test_seq2seq_beam_search_through_the_scheduler_equals_generate(smollm2_tokenizer, kind):
     """Encoder-decoder rows start together (a wave per batch); beams are copies of one prefilled row."""
     model = tiny_seq2seq(kind)
-    adapter = HFSeq2SeqModel(model, tiny_tokenizer, max_length=64, batch_size=2)
+    adapter = HFSeq2SeqModel(model, smollm2_tokenizer, max_length=64, batch_size=2)
     prompts = ["The cat sat on the mat.", "A man is sitting on a roof.", "He starts pulling up roofing."]
     config = DecodingConfig(num_beams=3, num_return_sequences=2)
     responses = adapter.generate([Generate(prompt=p, max_new_tokens=6) for p in prompts], config)
     ours = [[r.token_ids for r in (resp, *resp.alternatives)] for resp in responses]
     expected = []
     for start in (0, 2):  # longest prompts first, two per wave, as the scheduler batches them
-        batch = tiny_tokenizer(prompts[start : start + 2], padding=True, padding_side="right", return_tensors="pt")
+        batch = smollm2_tokenizer(prompts[start : start + 2], padding=True, padding_side="right", return_tensors="pt")
         out = model.generate(**batch, max_new_tokens=6, do_sample=False, num_beams=3, num_return_sequences=2)
         rows = [row[: row.index(2) + 1] if 2 in row else row for row in out[:, 1:].tolist()]
         expected += [rows[i : i + 2] for i in range(0, len(rows), 2)]
     assert sorted(ours) == sorted(expected)
 
 
-def test_seq2seq_loglikelihood_matches_lm_eval(tiny_tokenizer):
+@pytest.mark.integration
+def test_seq2seq_loglikelihood_matches_lm_eval(smollm2_tokenizer, data_dir):
     model = tiny_seq2seq("t5")
-    requests = hellaswag_requests(1) + [Loglikelihood("", "Hello world")]
-    ours = HFSeq2SeqModel(model, tiny_tokenizer, batch_size=3, max_length=64).loglikelihood(requests)
-    reference = HFLM(pretrained=model, tokenizer=tiny_tokenizer, backend="seq2seq", batch_size=3, device="cpu", max_length=64)
+    requests = hellaswag_requests(data_dir, 1) + [Loglikelihood("", "Hello world")]
+    ours = HFSeq2SeqModel(model, smollm2_tokenizer, batch_size=3, max_length=64).loglikelihood(requests)
+    reference = HFLM(pretrained=model, tokenizer=smollm2_tokenizer, backend="seq2seq", batch_size=3, device="cpu", max_length=64)
     assert_matches_lm_eval(ours, lm_eval_loglikelihood(reference, requests))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; this machine has none")
-def test_cuda_scores_equal_cpu_scores(tiny_tokenizer):
+@pytest.mark.gpu
+def test_cuda_scores_equal_cpu_scores(smollm2_tokenizer):
     model = tiny_llama()
-    on_cpu = HFModel(model, tiny_tokenizer).loglikelihood(EDGE_CASES)
-    on_gpu = HFModel(model.to("cuda"), tiny_tokenizer)
+    on_cpu = HFModel(model, smollm2_tokenizer).loglikelihood(EDGE_CASES)
+    on_gpu = HFModel(model.to("cuda"), smollm2_tokenizer)
     assert on_gpu.device.type == "cuda"
     for a, b in zip(on_gpu.loglikelihood(EDGE_CASES), on_cpu):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
-    rows = [tiny_tokenizer.encode(r.context or "x")[-20:] for r in EDGE_CASES[2:5]]
+    rows = [smollm2_tokenizer.encode(r.context or "x")[-20:] for r in EDGE_CASES[2:5]]
     ids, positions = left_padded(rows, on_gpu.device)
     logits = on_gpu.forward(ids, positions, on_gpu.new_cache(len(rows), 32), last_only=True)
     assert logits.shape == (len(rows), 1, on_gpu.vocab_size) and logits.device.type == "cuda"

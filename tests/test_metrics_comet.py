@@ -49,6 +49,7 @@ def segments(data_dir):
     return [r["source"] for r in rows], [r["hypothesis"] for r in rows], [r["reference"] for r in rows]
 
 
+@pytest.mark.integration
 def test_equal_to_comet_predict(checkpoint, segments):
     from comet import load_from_checkpoint
 
@@ -64,6 +65,7 @@ def test_equal_to_comet_predict(checkpoint, segments):
     assert f"version:{metadata.version('unbabel-comet')}" in ours.signature
 
 
+@pytest.mark.integration
 def test_checkpoint_loaded_once_and_sources_required(checkpoint, segments):
     sources, hyps, refs = segments
     metric = get_metric("comet", model=str(checkpoint))
@@ -77,7 +79,7 @@ def test_checkpoint_loaded_once_and_sources_required(checkpoint, segments):
         get_metric("comet", model=str(checkpoint / "checkpoints")).compute(hyps[:1], refs[:1], sources[:1])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+@pytest.mark.gpu
 def test_gpu_scores_match_cpu(checkpoint, segments):
     sources, hyps, refs = segments
     cpu = get_metric("comet", model=str(checkpoint), device="cpu").compute(hyps, refs, sources)
@@ -85,6 +87,7 @@ def test_gpu_scores_match_cpu(checkpoint, segments):
     assert gpu.per_sample == pytest.approx(cpu.per_sample, abs=1e-4)
 
 
+@pytest.mark.integration
 def test_folder_named_like_the_hub_model_is_recorded_by_content(checkpoint, tmp_path):
     """A local folder called wmt22-comet-da is not Unbabel/wmt22-comet-da: its identity is the class, encoder and .ckpt hash."""
     renamed = tmp_path / "wmt22-comet-da"
@@ -99,6 +102,7 @@ def test_folder_named_like_the_hub_model_is_recorded_by_content(checkpoint, tmp_
 LIBRARY_NOISE = ("GPU available", "TPU available", "Tip:", "Encoder model frozen", "LeafSpec", "pkg_resources")
 
 
+@pytest.mark.integration
 def test_cli_scores_eight_systems_without_library_noise_unless_verbose(checkpoint, segments, tmp_path):
     """`evalkit score` over 8 systems prints only its own tables and progress lines; `--verbose` shows Lightning's banners. (A subprocess:
     inside pytest Lightning's log records go to pytest's handlers, not to the terminal.)"""

@@ -9,6 +9,8 @@ import pytest
 
 from evalkit.metrics import compute_metrics, get_metric
 
+pytestmark = pytest.mark.unit
+
 N_UTTERANCES = 600  # per system; CER alignment over all 2,620 x 4 is slow under a shared CPU
 
 

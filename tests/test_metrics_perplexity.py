@@ -12,6 +12,8 @@ from lm_eval.api.metrics import bits_per_byte, weighted_perplexity
 from evalkit.errors import EvalkitError
 from evalkit.metrics import compute_metrics, get_metric
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def documents(data_dir):

@@ -11,6 +11,8 @@ from rouge_score import rouge_scorer
 from evalkit.metrics import compute_metrics, get_metric
 from evalkit.metrics.rouge import for_lsum, sentence_splitter_name
 
+pytestmark = pytest.mark.unit
+
 TYPES = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
 
 

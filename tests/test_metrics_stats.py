@@ -4,27 +4,40 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sacrebleu
+from sacrebleu.metrics import BLEU
 from scipy.stats import binomtest
 
 from evalkit.metrics import bootstrap_ci, get_metric, paired_bootstrap, paired_test, score_items
 from evalkit.metrics.bootstrap import bootstrap_scores, mcnemar
 from evalkit.scoring import load_jsonl_outputs
 
+pytestmark = pytest.mark.unit
+
 
 def _lines(path, n=None):
     return path.read_text(encoding="utf-8").split("\n")[:-1][:n]
 
 
-def test_ci_covers_the_estimate_and_shrinks_with_more_items(data_dir):
+def test_ci_is_scipys_percentile_interval_of_corpus_bleu_and_shrinks_with_more_items(data_dir, scipy_percentile_ci):
     folder = data_dir / "wmt21_news_text"
     hyps = _lines(folder / "newstest2021.en-de.hyp.UEdin.de.txt")
     refs = _lines(folder / "newstest2021.en-de.ref.A.de.txt")
+    # the reference statistic: sacrebleu's per-segment counts, summed over the drawn segments, scored by sacrebleu
+    segments = [sacrebleu.sentence_bleu(h, [r]) for h, r in zip(hyps, refs)]
+    counts, totals = np.array([s.counts for s in segments]), np.array([s.totals for s in segments])
+    lengths = np.array([(s.sys_len, s.ref_len) for s in segments])
+
+    def corpus_bleu(items: np.ndarray) -> float:
+        sys_len, ref_len = lengths[items].sum(0)
+        return BLEU.compute_bleu(counts[items].sum(0), totals[items].sum(0), sys_len, ref_len, smooth_method="exp").score
+
+    assert corpus_bleu(np.arange(len(hyps))) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
     widths = []
     for n in (150, 1002):
         scored = score_items(["bleu"], hyps[:n], refs[:n])["bleu"]
-        score = scored.result().score
         low, high = bootstrap_ci(scored.metric, scored.stats, n_resamples=300, seed=1)
-        assert low < score < high
+        assert (low, high) == pytest.approx(scipy_percentile_ci(corpus_bleu, n, 300, seed=1), abs=1e-9)
         widths.append(high - low)
     assert widths[1] < widths[0] / 1.5  # ~ 1/sqrt(n): 2.6x narrower expected
 

@@ -11,6 +11,8 @@ from evalkit.errors import EvalkitError
 from evalkit.metrics import compute_metrics, get_metric
 from evalkit.metrics.translation import detect_cjk
 
+pytestmark = pytest.mark.unit
+
 
 N_SEGMENTS = 250  # a subsample keeps the test fast; equality is per-statistic, so the point stands
 

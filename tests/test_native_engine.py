@@ -21,7 +21,8 @@ from evalkit.models.hf import HFModel
 from evalkit.models.native import NativeModel, load_native
 from evalkit.requests import Generate, Loglikelihood, RollingLoglikelihood
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+pytestmark = pytest.mark.integration
+
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +34,19 @@ def models(smollm2_gguf):
     return hf, native.tokenizer, native
 
 
-def _gsm8k(n: int) -> list[str]:
-    with open(DATA / "gsm8k" / "test.jsonl") as f:
+def _gsm8k(data_dir: Path, n: int) -> list[str]:
+    with open(data_dir / "gsm8k" / "test.jsonl") as f:
         return [f"Question: {json.loads(next(f))['question']}\nAnswer:" for _ in range(n)]
 
 
-def _wmt(n: int) -> list[str]:
-    lines = (DATA / "wmt21_news_text" / "newstest2021.de-en.src.de.txt").read_text().splitlines()[:n]
+def _wmt(data_dir: Path, n: int) -> list[str]:
+    lines = (data_dir / "wmt21_news_text" / "newstest2021.de-en.src.de.txt").read_text().splitlines()[:n]
     return [f"Translate German to English.\nGerman: {line}\nEnglish:" for line in lines]
 
 
-def test_logits_match_transformers_on_real_prompts_batched(models):
+def test_logits_match_transformers_on_real_prompts_batched(models, data_dir):
     hf, tok, native = models
-    seqs = [tok.encode(p) for p in _gsm8k(3) + _wmt(2)]
+    seqs = [tok.encode(p) for p in _gsm8k(data_dir, 3) + _wmt(data_dir, 2)]
     width = max(map(len, seqs))
     tokens = torch.zeros(len(seqs), width, dtype=torch.long)
     positions = torch.full((len(seqs), width), -1)
@@ -62,9 +63,9 @@ def test_logits_match_transformers_on_real_prompts_batched(models):
             torch.testing.assert_close(step[i], ref[-1], atol=1e-4, rtol=0)
 
 
-def test_greedy_continuous_batching_equals_transformers_generate(models):
+def test_greedy_continuous_batching_equals_transformers_generate(models, data_dir):
     hf, tok, native = models
-    prompts = _gsm8k(4) + _wmt(2)  # 6 requests through 3 cache rows: finished rows are refilled
+    prompts = _gsm8k(data_dir, 4) + _wmt(data_dir, 2)  # 6 requests through 3 cache rows: finished rows are refilled
     requests = [Generate(prompt=p, max_new_tokens=12) for p in prompts]
     responses = native.generate(requests, DecodingConfig())
     for request, response in zip(requests, responses):
@@ -77,10 +78,10 @@ def test_greedy_continuous_batching_equals_transformers_generate(models):
         assert len(response.token_ids) == 12 or response.token_ids[-1] in native.eos_token_ids
 
 
-def test_stop_strings_and_min_new_tokens_equal_the_hf_adapter(models):
+def test_stop_strings_and_min_new_tokens_equal_the_hf_adapter(models, data_dir):
     """The one scheduler over both backends: native (3 rows, refilled) and transformers (2 rows) agree."""
     hf, tok, native = models
-    requests = [Generate(prompt=p, stop=("\n", "."), max_new_tokens=16) for p in _gsm8k(3) + _wmt(2)]
+    requests = [Generate(prompt=p, stop=("\n", "."), max_new_tokens=16) for p in _gsm8k(data_dir, 3) + _wmt(data_dir, 2)]
     config = DecodingConfig(min_new_tokens=2)
     ours = native.generate(requests, config)
     ref = HFModel(hf, tok, batch_size=2).generate(requests, config)
@@ -90,9 +91,9 @@ def test_stop_strings_and_min_new_tokens_equal_the_hf_adapter(models):
     assert any(r.finish_reason == "stop" for r in ours)
 
 
-def test_beam_search_equals_hf_adapter(models):
+def test_beam_search_equals_hf_adapter(models, data_dir):
     hf, tok, native = models
-    requests = [Generate(prompt=p, max_new_tokens=8) for p in _gsm8k(2) + _wmt(1)]
+    requests = [Generate(prompt=p, max_new_tokens=8) for p in _gsm8k(data_dir, 2) + _wmt(data_dir, 1)]
     config = DecodingConfig(name="beam2", num_beams=2, num_return_sequences=2)
     ours = native.generate(requests, config)
     ref = HFModel(hf, tok, batch_size=3).generate(requests, config)
@@ -107,11 +108,11 @@ def _hflm(hf, tok, **kw):
     return HFLM(pretrained=hf, tokenizer=tok, batch_size=8, **kw)
 
 
-def test_loglikelihood_equals_lm_eval_hflm_on_hellaswag(models):
+def test_loglikelihood_equals_lm_eval_hflm_on_hellaswag(models, data_dir):
     from lm_eval.api.instance import Instance
 
     hf, tok, native = models
-    with open(DATA / "hellaswag" / "hellaswag_val.rows_0000-1999.jsonl") as f:
+    with open(data_dir / "hellaswag" / "hellaswag_val.rows_0000-1999.jsonl") as f:
         items = [json.loads(next(f)) for _ in range(6)]
     pairs = [(item["query"], " " + ending) for item in items for ending in item["endings"]]
     pairs.append(("", "An empty context is conditioned on the prefix token."))
@@ -125,12 +126,12 @@ def test_loglikelihood_equals_lm_eval_hflm_on_hellaswag(models):
     assert sum(r.logprob for r in ours[:4]) != pytest.approx(ours[0].logprob * 4)  # endings really differ
 
 
-def test_rolling_loglikelihood_equals_lm_eval_windows(models):
+def test_rolling_loglikelihood_equals_lm_eval_windows(models, data_dir):
     from lm_eval.api.instance import Instance
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
     hf, tok, native = models
-    text = (DATA / "wikitext2_raw" / "wiki.test.raw.txt").read_text()
+    text = (data_dir / "wikitext2_raw" / "wiki.test.raw.txt").read_text()
     docs = [text[:700], text[2000:2500]]
     short = NativeModel(native.model, tok, max_length=64, batch_size=4, eos_token_ids=native.eos_token_ids)
     ours = short.loglikelihood_rolling([RollingLoglikelihood(d) for d in docs])

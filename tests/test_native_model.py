@@ -19,7 +19,6 @@ from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.engine import _Segment
 from evalkit.models.native.weights import build_model
 from evalkit.requests import Generate
-from helpers import CharTokenizer
 
 TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=2, max_position_embeddings=256)
 ROPE_LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -67,9 +66,6 @@ def _left_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, positions
 
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine: the CUDA path needs a GPU")
-
-
 @pytest.fixture
 def fp32_cuda(monkeypatch):
     """fp32 means fp32 on CUDA: TF32 matmuls would cost ~3 decimal digits (restored after the test)."""
@@ -97,17 +93,19 @@ def _check_logits_match_transformers(name: str, device: str) -> None:
             torch.testing.assert_close(torch.stack([x[i] for x in steps]), ref[n:], atol=1e-4, rtol=0)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_logits_match_transformers_batched_mixed_lengths(name):
     _check_logits_match_transformers(name, "cpu")
 
 
-@CUDA
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_cuda_fp32_logits_match_transformers_batched_mixed_lengths(name, fp32_cuda):
     _check_logits_match_transformers(name, "cuda")
 
 
+@pytest.mark.unit
 def test_reorder_and_reset_rows_keep_the_cache_consistent():
     """Beam-style reordering (repeats) and continuous-batching refills give the same logits as a fresh run."""
     hf = _reference("qwen2")
@@ -133,6 +131,7 @@ def test_reorder_and_reset_rows_keep_the_cache_consistent():
             torch.testing.assert_close(step[row], ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.unit
 def test_bf16_cpu_path_runs_close_to_fp32():
     hf = _reference("llama3-rope")
     fp32 = NativeModel.from_hf(hf, tokenizer=None, eos_token_ids=[0])
@@ -145,7 +144,7 @@ def test_bf16_cpu_path_runs_close_to_fp32():
     assert (out[valid] - ref[valid]).abs().max() < 0.1
 
 
-@CUDA
+@pytest.mark.gpu
 def test_cuda_bf16_compiled_decode_matches_eager():
     hf = _reference("qwen2")
     eager = NativeModel.from_hf(hf, tokenizer=None, eos_token_ids=[0], device="cuda", dtype=torch.bfloat16, compile=False)
@@ -169,11 +168,13 @@ def test_cuda_bf16_compiled_decode_matches_eager():
 # ---------------------------------------------------------------- errors
 
 
+@pytest.mark.unit
 def test_unsupported_architecture_names_model_type_and_supported_list():
     with pytest.raises(EvalkitError, match=r"'gpt2'.*llama, mistral, qwen2"):
         NativeConfig.from_hf(transformers.GPT2Config())
 
 
+@pytest.mark.unit
 def test_missing_extra_and_misshapen_tensors_are_named():
     hf = _reference("qwen2")
     config = NativeConfig.from_hf(hf.config)
@@ -190,6 +191,7 @@ def test_missing_extra_and_misshapen_tensors_are_named():
         build_model(config, wrong, cpu, torch.float32)
 
 
+@pytest.mark.unit
 def test_cache_estimate_is_printed_and_a_cache_too_big_is_a_clear_error(capsys):
     config = NativeConfig.from_hf(CONFIGS["qwen2"]())
     per_token = bytes_per_token(config, torch.float32)
@@ -215,6 +217,7 @@ def _shared_prefix_pairs() -> list[tuple[list[int], list[int]]]:
     return pairs
 
 
+@pytest.mark.unit
 def test_prefix_trees_compute_each_shared_prefix_once():
     pairs = _shared_prefix_pairs()
     prefixes = {tuple((ctx + cont[:-1])[:k]) for ctx, cont in pairs for k in range(1, len(ctx) + len(cont))}
@@ -240,25 +243,26 @@ def _check_packed_scoring(name: str, device: str) -> None:
             assert greedy == bool((logits.argmax(-1) == torch.tensor(cont)).all())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["qwen2", "mistral-sliding"])
 def test_packed_shared_prefix_scoring_matches_full_forward(name):
     _check_packed_scoring(name, "cpu")
 
 
-@CUDA
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", ["qwen2", "mistral-sliding"])
 def test_cuda_packed_shared_prefix_scoring_matches_full_forward(name, fp32_cuda):
     _check_packed_scoring(name, "cuda")
 
 
-def _check_graph_greedy_generation(device: str) -> None:
+def _check_graph_greedy_generation(device: str, tokenizer) -> None:
     """Continuous batching through the captured (static, compiled) decode step: 7 requests of different
     lengths and budgets through 3 cache rows. Every generated token is transformers' argmax on the same
     sequence (within float ties), and a second call reuses the kept cache and compiles nothing new."""
     from torch._dynamo.utils import counters
 
     hf = _reference("qwen2").to(device)
-    native = NativeModel.from_hf(hf, CharTokenizer(), eos_token_ids=[2], batch_size=3, compile=True)
+    native = NativeModel.from_hf(hf, tokenizer, eos_token_ids=[2], batch_size=3, compile=True)
     assert native.static_decode
     prompts = ["a", "The quick brown fox", "jumps over", "the lazy dog, twice over", "z", "0123456789", "!?"]
     requests = [Generate(p, max_new_tokens=n) for p, n in zip(prompts, (5, 17, 9, 12, 3, 20, 8))]
@@ -269,18 +273,19 @@ def _check_graph_greedy_generation(device: str) -> None:
     assert [r.token_ids for r in again] == [r.token_ids for r in first]
     with torch.no_grad():
         for request, response in zip(requests, first):
-            prompt = CharTokenizer().encode(request.prompt)
+            prompt = tokenizer.encode(request.prompt)
             assert response.finish_reason in ("eos", "length") and 0 < len(response.token_ids) <= request.max_new_tokens
             logits = hf(torch.tensor([prompt + response.token_ids], device=device)).logits[0, len(prompt) - 1 : -1]
             chosen = logits.gather(1, torch.tensor(response.token_ids, device=device)[:, None])[:, 0]
             assert (chosen >= logits.max(-1).values - 1e-4).all()
 
 
-def test_graph_greedy_generation_follows_transformers_on_cpu():
+@pytest.mark.unit
+def test_graph_greedy_generation_follows_transformers_on_cpu(char_tokenizer):
     """The CUDA-graph decode path's logic (whole-cache reads, kept cache, compiled step) checked on CPU."""
-    _check_graph_greedy_generation("cpu")
+    _check_graph_greedy_generation("cpu", char_tokenizer)
 
 
-@CUDA
-def test_cuda_graph_greedy_generation_follows_transformers(fp32_cuda):
-    _check_graph_greedy_generation("cuda")
+@pytest.mark.gpu
+def test_cuda_graph_greedy_generation_follows_transformers(fp32_cuda, char_tokenizer):
+    _check_graph_greedy_generation("cuda", char_tokenizer)

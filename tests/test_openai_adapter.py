@@ -16,15 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import requests
@@ -34,72 +31,14 @@ from evalkit.errors import EvalkitError
 from evalkit.models.openai import OpenAIModel, load_openai, parse_model_spec
 from evalkit.models.registry import ALIASES, installed_gguf
 from evalkit.requests import Generate, Loglikelihood
-from evalkit.tasks import resolve_tasks
-from helpers import cached_rows
 
 # Nats per request, Q4_1 kernels vs de-quantised float32 on the same text (see the module docstring); measured
 # on hellaswag items 0-3: mean gap 0.16, largest 0.70 over continuations of 10-25 tokens.
 LOGPROB_TOLERANCE = 1.0
 MEAN_TOLERANCE = 0.3
-START_TIMEOUT_S = 600  # model load on a loaded 2-core machine
 
 
-# ---------------------------------------------------------------------- helpers (test_serve.py uses them too)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """A real server as a child process on 127.0.0.1: started, waited for (bounded), killed or stopped."""
-
-    def __init__(self, argv: list[str], port: int, log_path: Path, env: dict | None = None, api_key: str | None = None):
-        self.argv, self.port, self.log_path = argv, port, Path(log_path)
-        self.env = {**os.environ, **(env or {})}
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.url = f"http://127.0.0.1:{port}/v1"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = START_TIMEOUT_S) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if requests.get(f"{self.url}/models", headers=self.headers, timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"server did not answer within {timeout} s:\n{self.log()[-3000:]}")
-
-    def kill(self) -> None:
-        """SIGKILL: the server dies as a crash would, mid-request."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=60)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def task_requests(task: str, data_dir: Path, limit: int) -> list:
-    """The requests of a task's first ``limit`` items, flat, as the runner would send them."""
-    instances = resolve_tasks([task], data_dir=str(data_dir))[0].instances(limit=limit)
-    return [r for instance in instances for r in instance.requests]
+# ---------------------------------------------------------------------- a proxy that fails on purpose
 
 
 class FaultyProxy:
@@ -190,9 +129,9 @@ def llama_argv(port: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
+def llama(tmp_path_factory, free_port, server_process):
     port = free_port()
-    server = ServerProcess(llama_argv(port), port, tmp_path_factory.mktemp("llama") / "server.log", api_key=KEY)
+    server = server_process(llama_argv(port), port, tmp_path_factory.mktemp("llama") / "server.log", api_key=KEY)
     server.start()
     os.environ[KEY_ENV] = KEY
     yield server
@@ -205,6 +144,7 @@ def remote(llama):
     return OpenAIModel(llama.url, "smollm2", api_key_env=KEY_ENV, concurrency=2, score_prefix=BOS)
 
 
+@pytest.mark.unit
 def test_model_specs_parse(monkeypatch):
     spec = parse_model_spec("http://127.0.0.1:8080/v1::smollm2")
     assert (spec.base_url, spec.model, spec.chat) == ("http://127.0.0.1:8080/v1", "smollm2", False)
@@ -219,13 +159,15 @@ def test_model_specs_parse(monkeypatch):
             parse_model_spec(bad)
 
 
-def test_unreachable_server_fails_in_one_line_after_bounded_retries():
+@pytest.mark.unit
+def test_unreachable_server_fails_in_one_line_after_bounded_retries(free_port):
     started = time.monotonic()
     with pytest.raises(EvalkitError, match=r"refused the connection after 3 attempts; check that the server is running"):
         load_openai(f"http://127.0.0.1:{free_port()}/v1::m", max_retries=2, backoff=0.05)
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.server
 def test_llama_cpp_is_detected_and_its_ignored_fields_listed(remote, caplog):
     assert remote.server == "llama.cpp"
     beam = DecodingConfig(num_beams=2, num_return_sequences=2, no_repeat_ngram_size=3)
@@ -239,19 +181,21 @@ def test_llama_cpp_is_detected_and_its_ignored_fields_listed(remote, caplog):
     assert remote.ignored_decoding_fields["ngram3"] == ["no_repeat_ngram_size"]
 
 
-def test_shifted_echo_logprobs_are_detected_in_one_line(llama, data_dir):
+@pytest.mark.server
+def test_shifted_echo_logprobs_are_detected_in_one_line(llama, task_requests):
     plain = OpenAIModel(llama.url, "smollm2", api_key_env=KEY_ENV)
     with pytest.raises(EvalkitError) as error:
-        plain.loglikelihood(task_requests("hellaswag", data_dir, limit=1))
+        plain.loglikelihood(task_requests("hellaswag", limit=1))
     message = str(error.value)
     assert "\n" not in message and llama.url in message and "score_prefix=" in message
     assert "does not support echoed log-probabilities aligned with their tokens" in message
 
 
-def test_loglikelihood_through_echo_matches_hf(remote, smollm2, data_dir):
+@pytest.mark.server
+def test_loglikelihood_through_echo_matches_hf(remote, smollm2, task_requests):
     """Against transformers on the text llama.cpp scores: the BOS text, then context and continuation."""
     items = 4
-    requests_ = task_requests("hellaswag", data_dir, limit=items)
+    requests_ = task_requests("hellaswag", limit=items)
     served = remote.loglikelihood(requests_)
     local = smollm2.loglikelihood([Loglikelihood(BOS + r.context, r.continuation) for r in requests_])
     gaps = [abs(got.logprob - want.logprob) for got, want in zip(served, local)]
@@ -262,16 +206,18 @@ def test_loglikelihood_through_echo_matches_hf(remote, smollm2, data_dir):
     assert argmax(served) == argmax(local)
 
 
-def test_rolling_loglikelihood_matches_hf(remote, smollm2, data_dir):
+@pytest.mark.server
+def test_rolling_loglikelihood_matches_hf(remote, smollm2, task_requests):
     """Both condition the text on the BOS token; llama.cpp gives the first text token no log-probability."""
-    docs = task_requests("demo-lm", data_dir, limit=2)
+    docs = task_requests("demo-lm", limit=2)
     for got, want in zip(remote.loglikelihood_rolling(docs), smollm2.loglikelihood_rolling(docs)):
         assert len(got.token_logprobs) == len(want.token_logprobs) - 1
         assert got.logprob == pytest.approx(sum(want.token_logprobs[1:]), abs=2 * LOGPROB_TOLERANCE)
 
 
-def test_greedy_generation(remote, smollm2, data_dir):
-    prompts = task_requests("demo-arith", data_dir, limit=3)
+@pytest.mark.server
+def test_greedy_generation(remote, smollm2, task_requests):
+    prompts = task_requests("demo-arith", limit=3)
     served = remote.generate(prompts, DecodingConfig())
     local = smollm2.generate(prompts, DecodingConfig())
     for request, got in zip(prompts, served):
@@ -281,8 +227,9 @@ def test_greedy_generation(remote, smollm2, data_dir):
     assert [g.text.split()[:1] for g in served] == [w.text.split()[:1] for w in local]
 
 
-def test_429_and_503_storm_is_retried_without_losing_items(llama, remote, data_dir, caplog):
-    requests_ = task_requests("hellaswag", data_dir, limit=3)
+@pytest.mark.server
+def test_429_and_503_storm_is_retried_without_losing_items(llama, remote, task_requests, caplog):
+    requests_ = task_requests("hellaswag", limit=3)
     direct = remote.loglikelihood(requests_)
     with FaultyProxy(llama.url, storm=8, retry_after=1) as proxy, caplog.at_level(logging.DEBUG):
         behind = OpenAIModel(proxy.url, "smollm2", api_key_env=KEY_ENV, concurrency=4, max_retries=8, backoff=0.1,
@@ -297,11 +244,12 @@ def test_429_and_503_storm_is_retried_without_losing_items(llama, remote, data_d
     assert KEY not in caplog.text
 
 
-def test_server_without_echo_logprobs_is_named_in_one_line(llama):
+@pytest.mark.server
+def test_server_without_echo_logprobs_is_named_in_one_line(llama, task_requests):
     with FaultyProxy(llama.url, chat_only=True) as proxy:
         chat_only = OpenAIModel(proxy.url, "smollm2", api_key_env=KEY_ENV)
         with pytest.raises(EvalkitError) as error:
-            chat_only.loglikelihood(task_requests("hellaswag", Path(__file__).resolve().parents[2] / "shared" / "data", 1))
+            chat_only.loglikelihood(task_requests("hellaswag", 1))
     message = str(error.value)
     assert "\n" not in message and proxy.url in message and "/v1/completions" in message
 
@@ -309,7 +257,8 @@ def test_server_without_echo_logprobs_is_named_in_one_line(llama):
 # ---------------------------------------------------------------------- a server killed mid-run
 
 
-def test_killed_server_run_resumes_from_cache_and_key_stays_secret(llama, data_dir, tmp_path):
+@pytest.mark.server
+def test_killed_server_run_resumes_from_cache_and_key_stays_secret(llama, data_dir, tmp_path, server_process, cached_rows):
     """Kill the server after the first cached chunk; the run fails in one line; after a restart the
     rerun asks only for the lost requests and ends with every item scored."""
     limit, total = 16, 64  # 16 hellaswag items x 4 choices = two cached chunks of 32
@@ -331,7 +280,7 @@ def test_killed_server_run_resumes_from_cache_and_key_stays_secret(llama, data_d
     assert "refused the connection" in err and "Traceback" not in err
     assert 0 < done_before < total and not (output / "results.json").exists()
 
-    restarted = ServerProcess(llama.argv, llama.port, llama.log_path.with_name("restarted.log"), api_key=KEY)
+    restarted = server_process(llama.argv, llama.port, llama.log_path.with_name("restarted.log"), api_key=KEY)
     restarted.start()
     llama.proc = restarted.proc  # the module fixture stops whichever process now holds the port
     rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
@@ -377,6 +326,7 @@ def evalkit_chat_server(smollm2):
     server.server_close()
 
 
+@pytest.mark.integration
 def test_chat_endpoint_receives_the_templated_messages(evalkit_chat_server, smollm2, data_dir, tmp_path):
     """`::chat` with apply_chat_template sends each item's messages (system instruction, user turn); the server
     renders them with the model's template, so greedy outputs equal a local templated run's, item for item."""

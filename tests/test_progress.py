@@ -26,6 +26,7 @@ def plain(clock: FakeClock) -> tuple[PlainProgress, io.StringIO]:
     return PlainProgress(stream, every_s=10.0, step=0.1, min_gap_s=1.0, clock=clock), stream
 
 
+@pytest.mark.unit
 def test_plain_progress_prints_every_tenth_or_ten_seconds_never_twice_within_a_second():
     clock = FakeClock()
     progress, stream = plain(clock)
@@ -50,6 +51,7 @@ def test_plain_progress_prints_every_tenth_or_ten_seconds_never_twice_within_a_s
     ]
 
 
+@pytest.mark.unit
 def test_plain_progress_rate_leaves_out_cached_items():
     clock = FakeClock()
     progress, stream = plain(clock)
@@ -60,6 +62,7 @@ def test_plain_progress_rate_leaves_out_cached_items():
     assert stream.getvalue().splitlines()[-1] == "wikitext2 [loglikelihood] 8/10 (80%) 0.20 it/s ETA 0:10"
 
 
+@pytest.mark.unit
 def test_steps_say_what_runs_and_how_long_only_to_an_installed_reporter(capsys):
     with step("converting model.gguf"):  # nothing installed: evaluate() in a training loop stays silent
         pass
@@ -115,6 +118,7 @@ def instances(n: int, per_instance: int) -> list[Instance]:
     return [Instance([Loglikelihood(f"q{i}", " " + "a" * (j + 1)) for j in range(per_instance)]) for i in range(n)]
 
 
+@pytest.mark.unit
 def test_ctrl_c_mid_chunk_keeps_every_reported_response(tmp_path):
     items = instances(10, 2)  # 20 requests: one chunk
     cache = ResponseCache(tmp_path / "responses.sqlite")
@@ -132,6 +136,7 @@ def test_ctrl_c_mid_chunk_keeps_every_reported_response(tmp_path):
     cache.close()
 
 
+@pytest.mark.unit
 def test_adapters_without_on_done_are_reported_and_cached_per_chunk(tmp_path):
     model = FakeModel(with_on_done=False)
     calls: list[int] = []
@@ -144,6 +149,7 @@ def test_adapters_without_on_done_are_reported_and_cached_per_chunk(tmp_path):
     cache.close()
 
 
+@pytest.mark.unit
 def test_chunks_stay_large_for_adapters_that_report_each_request():
     assert chunk_size(8, per_request=False) == 32  # reported and cached per chunk: small
     assert chunk_size(8, per_request=True) == 128  # continuous batching and sorting over many requests
@@ -179,6 +185,7 @@ def native(smollm2_folder):
     return load_native(str(smollm2_folder), batch_size=2, name="smollm2-135m", max_length=256, token_budget=512)
 
 
+@pytest.mark.integration
 def test_native_engine_reports_each_request_as_it_finishes(native):
     pairs = [Loglikelihood("The capital of France is", c) for c in (" Paris", " London", " a city")]
     scored, _ = _check_on_done(native.loglikelihood, pairs)
@@ -194,6 +201,7 @@ def test_native_engine_reports_each_request_as_it_finishes(native):
     _check_on_done(native.generate, prompts, DecodingConfig(temperature=1.0, top_k=5, seed=1))  # the shared loop
 
 
+@pytest.mark.integration
 def test_hf_adapter_reports_each_request_as_it_finishes(smollm2):
     pairs = [Loglikelihood("The capital of France is", c) for c in (" Paris", " London")]
     _check_on_done(smollm2.loglikelihood, pairs)

@@ -21,11 +21,13 @@ def hub_unreachable(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
 
 
+@pytest.mark.unit
 def test_list_models_names_the_alias():
     assert ("smollm2-135m", ALIASES["smollm2-135m"].description) in list_models()
     assert ALIASES["smollm2-135m"].hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+@pytest.mark.integration
 def test_alias_falls_back_to_the_installed_gguf(smollm2_gguf, hub_unreachable):
     t0 = time.perf_counter()
     assert not hub_reachable("HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -34,6 +36,7 @@ def test_alias_falls_back_to_the_installed_gguf(smollm2_gguf, hub_unreachable):
     assert resolve_model_path("SmolLM2-135M") == str(cached_folder(smollm2_gguf))  # aliases ignore case
 
 
+@pytest.mark.unit
 def test_hub_probe_does_not_hang(monkeypatch):
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
@@ -42,6 +45,7 @@ def test_hub_probe_does_not_hang(monkeypatch):
     assert time.perf_counter() - t0 < 10.0
 
 
+@pytest.mark.integration
 def test_paths_resolve(smollm2_gguf, tmp_path):
     gguf = smollm2_gguf
     folder = convert_gguf(gguf)
@@ -51,6 +55,7 @@ def test_paths_resolve(smollm2_gguf, tmp_path):
     assert resolve_model_path("some-org/some-model") == "some-org/some-model"  # hub ids pass through
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "name, why",
     [
@@ -66,11 +71,13 @@ def test_unknown_names_are_one_line_errors(name, why):
     assert "\n" not in message and repr(name) in message and why in message and "evalkit list models" in message
 
 
+@pytest.mark.unit
 def test_folder_without_config_is_an_error(tmp_path):
     with pytest.raises(EvalkitError, match="no config.json"):
         resolve_model_path(str(tmp_path))
 
 
+@pytest.mark.unit
 def test_backends(monkeypatch):
     with pytest.raises(EvalkitError, match="dtype='float16' does not apply to backend='openai'"):
         load_model("http://127.0.0.1:9/v1::smollm2", backend="openai", dtype="float16")
@@ -81,6 +88,7 @@ def test_backends(monkeypatch):
         load_model("smollm2-135m", backend="native")
 
 
+@pytest.mark.integration
 def test_load_model_by_alias(hub_unreachable):
     model = load_model("smollm2-135m", backend="hf", batch_size=4)  # the default, auto, is native (test_backend_auto.py)
     assert isinstance(model, HFModel) and model.name == "smollm2-135m" and model.batch_size == 4

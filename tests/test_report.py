@@ -11,115 +11,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import random
 import re
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
-import sacrebleu
 from scipy.stats import binomtest
 
 from evalkit.cli import main
-from evalkit.metrics.base import MetricResult
 from evalkit.report import build_report
 from evalkit.report.leaderboard import build_leaderboard
 from evalkit.report.plots import nice_ticks, scatter
 from evalkit.report.runs import load_runs
 from evalkit.report.stats import headline_metric, higher_is_better, pareto_front, ranks, win_rates
-from evalkit.results import CellResult, Efficiency, RunResult
 
-INJECTIONS = (
-    '<script>alert("xss-script")</script>',
-    "</textarea><img src=x onerror=alert('xss-img')>",
-    "<a href=\"javascript:alert('xss-link')\">click me</a>",
-    "{{ 7*7 }} {% if true %}jinja{% endif %}",
-    "</script><script>alert('xss-break')</script>",
-    "line\u2028separator\u2029paragraph & <b>bold</b>",
-)
-WORDS = ("river", "mountain", "harbour", "lantern", "meadow", "castle", "orchard", "glacier")
-
-
-def greedy_like(rng: random.Random, quality: float, n: int) -> list[int]:
-    return [int(rng.random() < quality) for _ in range(n)]
-
-
-def write_run(
-    root: Path,
-    folder: str,
-    *,
-    model: str = "tiny-lm",
-    backend: str = "hf",
-    decodings: dict[str, float] | None = None,
-    tasks: tuple[str, ...] = ("qa-gen", "mc-choice"),
-    n: int = 30,
-    seed: int = 0,
-    outputs: dict[int, str] | None = None,
-    with_bleu: bool = True,
-    with_diversity: bool = True,
-    filler: int = 0,
-    prompt: dict | None = None,
-    prompt_text: str = "{}",
-) -> Path:
-    """A run folder as `evalkit run` writes it: generation tasks under each decoding, scoring tasks once.
-
-    ``decodings`` maps a strategy label to its accuracy; tasks whose name starts with
-    ``mc`` are scored by loglikelihood. ``outputs`` overrides the text of chosen items;
-    ``filler`` words lengthen wrong answers to the size of real generations.
-    ``prompt`` is the run's ``meta.prompt`` (its prompt format), ``prompt_text`` wraps each item's prompt.
-    """
-    decodings = decodings or {"greedy": 0.7, "beam2": 0.6, "top-p0.9": 0.3}
-    rng = random.Random(f"{folder}-{seed}")
-    cells: dict[str, dict[str, CellResult]] = {}
-    for task in tasks:
-        prompts = [prompt_text.format(f"Q{i}: where is the {WORDS[i % len(WORDS)]} number {i}?") for i in range(n)]
-        references = [f"the {WORDS[i % len(WORDS)]} {i}" for i in range(n)]
-        labels = {"loglikelihood": 0.55} if task.startswith("mc") else decodings
-        cells[task] = {}
-        for k, (label, quality) in enumerate(labels.items()):
-            correct = greedy_like(rng, quality, n)
-            texts = [
-                references[i] if ok else " ".join([f"{WORDS[(i + k + 1) % len(WORDS)]} {label} guess {i}"] + rng.choices(WORDS, k=filler))
-                for i, ok in enumerate(correct)
-            ]
-            for i, text in (outputs or {}).items():
-                texts[i] = text
-            metric_name = "acc" if task.startswith("mc") else "exact_match"
-            metrics = {
-                metric_name: MetricResult(metric_name, float(np.mean(correct)), f"{metric_name}|nrefs:1|v:test", [float(c) for c in correct],
-                                          (max(0.0, np.mean(correct) - 0.1), min(1.0, np.mean(correct) + 0.1)))
-            }
-            if with_bleu and not task.startswith("mc"):
-                scorer = sacrebleu.BLEU()
-                bleu = scorer.corpus_score(texts, [references])
-                sentence = [sacrebleu.sentence_bleu(t, [r]).score for t, r in zip(texts, references)]
-                metrics["bleu"] = MetricResult("bleu", bleu.score, str(scorer.get_signature()), sentence, (bleu.score - 5, bleu.score + 5))
-            if with_diversity and not task.startswith("mc"):
-                distinct = [len(set(t.split())) / max(len(t.split()), 1) for t in texts]
-                metrics["distinct_1"] = MetricResult("distinct_1", float(np.mean(distinct)), "distinct_1|v:test", distinct)
-            samples = [
-                {"doc_id": i, "prompt": prompts[i], "output": texts[i], "reference": references[i],
-                 "filtered": texts[i], "finish_reason": "stop", "scores": {m: r.per_sample[i] for m, r in metrics.items()}}
-                for i in range(n)
-            ]
-            generated = 10 * n
-            decode_s = (len(labels) - k) * 0.5 + 0.1 * rng.random()  # later strategies: faster and worse
-            cells[task][label] = CellResult(
-                metrics=metrics,
-                samples=samples,
-                decoding=None if label == "loglikelihood" else {"name": label, "num_beams": 2 if "beam" in label else 1},
-                efficiency=Efficiency(wall_s=decode_s + 0.3, prefill_s=0.2, decode_s=decode_s, prompt_tokens=12 * n,
-                                      generated_tokens=0 if label == "loglikelihood" else generated, requests=n, cached=0, peak_memory_mb=512.0),
-                n_items=n,
-            )
-    meta = {"versions": {"evalkit": "0.1.0", "torch": "2.13.0"}, "python": "3.11", "git_hash": "0123abcd", "date": "2025-01-01T00:00:00+00:00",
-            "hardware": {"platform": "linux", "cpu_count": 2}, "config": {"model": model, "seed": seed}, "seed": seed}
-    if prompt is not None:
-        meta["prompt"] = prompt
-    out = root / folder
-    RunResult(model=model, backend=backend, cells=cells, meta=meta).write(out)
-    return out
+pytestmark = pytest.mark.unit
 
 
 class ScriptCounter(HTMLParser):
@@ -146,15 +53,15 @@ class ScriptCounter(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
+def runs(tmp_path_factory, write_run) -> Path:
     root = tmp_path_factory.mktemp("runs")
     write_run(root, "alpha", model="tiny-lm")
     write_run(root, "beta", model="other-lm", backend="native", decodings={"greedy": 0.5, "beam2": 0.45}, seed=1)
     return root
 
 
-def test_report_is_self_contained_and_its_data_block_is_inert(tmp_path, runs):
-    hostile = write_run(tmp_path, "evil<b>run</b>", model='<script>alert("model")</script>', tasks=("qa-gen",), outputs=dict(enumerate(INJECTIONS)))
+def test_report_is_self_contained_and_its_data_block_is_inert(tmp_path, runs, write_run, injections):
+    hostile = write_run(tmp_path, "evil<b>run</b>", model='<script>alert("model")</script>', tasks=("qa-gen",), outputs=dict(enumerate(injections)))
     out = build_report([runs, hostile], tmp_path / "report.html")
     html = out.read_text(encoding="utf-8")
     parser = ScriptCounter()
@@ -162,7 +69,7 @@ def test_report_is_self_contained_and_its_data_block_is_inert(tmp_path, runs):
     assert [attrs.get("type") for attrs, _ in parser.scripts] == ["application/json", None]  # nothing broke out of the data block
     assert not [t for t, a in parser.tags if t in ("link", "img", "iframe") or "src" in a]
     data = json.loads(parser.scripts[0][1])
-    for text in INJECTIONS:
+    for text in injections:
         assert text in data["strings"]
     # the one inline script is allowed by its hash and nothing may be fetched
     csp = next(a["content"] for t, a in parser.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy")
@@ -209,7 +116,7 @@ def test_overview_ranks_and_paired_tests_match_scipy(runs):
     assert not board.flags
 
 
-def test_differing_task_sets_item_counts_and_signatures_are_flagged(tmp_path, runs):
+def test_differing_task_sets_item_counts_and_signatures_are_flagged(tmp_path, runs, write_run):
     small = write_run(tmp_path, "small", tasks=("qa-gen",), n=12)
     board = build_leaderboard(load_runs([runs, small]))
     text = " ".join(board.flags)
@@ -247,7 +154,7 @@ def test_pareto_ranks_ticks_and_directions():
     assert plot.series[0].front.count(",") == 2
 
 
-def test_tolerates_missing_samples_and_extra_fields(tmp_path):
+def test_tolerates_missing_samples_and_extra_fields(tmp_path, write_run):
     run = write_run(tmp_path, "lean", tasks=("qa-gen",), n=5)
     for path in (run / "samples").glob("*beam2*"):
         path.unlink()
@@ -283,7 +190,7 @@ def test_cli_report_writes_file_and_explains_bad_input(tmp_path, runs, capsys):
     assert "results.json is not valid JSON" in capsys.readouterr().err
 
 
-def test_runs_of_one_model_split_by_task_share_rows(tmp_path):
+def test_runs_of_one_model_split_by_task_share_rows(tmp_path, write_run):
     write_run(tmp_path, "part-gen", tasks=("qa-gen",))
     write_run(tmp_path, "part-mc", tasks=("mc-choice",))
     write_run(tmp_path, "other", model="other-lm", tasks=("qa-gen",))
@@ -296,7 +203,7 @@ def test_runs_of_one_model_split_by_task_share_rows(tmp_path):
     assert board.flags == ["Run other has no results for mc-choice; its mean rank and win rate cover only the tasks it ran."]
 
 
-def test_prompt_formats_are_named_and_never_merged(tmp_path):
+def test_prompt_formats_are_named_and_never_merged(tmp_path, write_run):
     """A plain and a chat-templated run of one model and backend are separate rows, each labelled with its prompt
     format; the system instruction is shown escaped; runs of one format split by task still share rows."""
     from evalkit.tasks.chat import ChatTemplate, PromptFormat

@@ -18,14 +18,16 @@ from playwright.sync_api import expect
 from evalkit.report import build_report
 from evalkit.report.leaderboard import build_leaderboard
 from evalkit.report.runs import load_runs
-from test_report import INJECTIONS, write_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="Debian's Chromium is absent at /usr/bin/chromium (apt-get install -y chromium; CI installs it)"
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="Debian's Chromium is absent at /usr/bin/chromium (apt-get install -y chromium; CI installs it)"
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +77,11 @@ class Watched:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> tuple[Path, Path]:
+def report(tmp_path_factory, write_run, injections) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("runs")
     write_run(root, "alpha", model="tiny-lm")
     write_run(root, "beta", model="other-lm", backend="native", decodings={"greedy": 0.5, "beam2": 0.45}, seed=1)
-    write_run(root, "evil<i>run", model='<img src=x onerror=alert("model")>', tasks=("qa-gen",), outputs=dict(enumerate(INJECTIONS)))
+    write_run(root, "evil<i>run", model='<img src=x onerror=alert("model")>', tasks=("qa-gen",), outputs=dict(enumerate(injections)))
     return root, build_report([root], root.parent / "report.html")
 
 
@@ -143,13 +145,13 @@ def test_sample_browser_filters_sorts_and_pages(watched, report):
     assert watched.errors == []
 
 
-def test_injection_strings_render_as_text_and_run_nothing(watched):
+def test_injection_strings_render_as_text_and_run_nothing(watched, injections):
     page = watched.page
     for box in page.locator("#sb-columns input").all():  # the hostile run's columns are past the first six
         box.check()
     expect(page.locator("#sb-count")).to_contain_text("rows 1–20 ")
     texts = page.eval_on_selector_all("#sb-rows pre.text", "nodes => nodes.map(n => n.textContent)")
-    for injection in INJECTIONS:  # items 0-5 of the hostile run, all on the first page
+    for injection in injections:  # items 0-5 of the hostile run, all on the first page
         assert injection in texts
     page.fill("#sb-filter", "</textarea>")
     expect(page.locator("#sb-count")).to_contain_text("rows 1–1 of 1 ")
@@ -179,7 +181,7 @@ MAX_READY_S = 20
 
 
 @pytest.fixture(scope="module")
-def scale_report(tmp_path_factory) -> Path:
+def scale_report(tmp_path_factory, write_run) -> Path:
     root = tmp_path_factory.mktemp("scale")
     strategies = {name: 0.8 - 0.1 * i for i, name in enumerate(["greedy", "beam2", "beam4", "top-p0.9", "top-k50", "min-p0.1"][: SCALE["strategies"]])}
     tasks = tuple(f"task-{i}" for i in range(SCALE["tasks"]))

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import evalkit
-from helpers import cached_rows
+
+pytestmark = pytest.mark.integration
 
 LIMIT = 16  # 16 hellaswag items = 64 loglikelihood requests, cached as they finish, plus 16 generations
 
@@ -48,7 +49,7 @@ def _sigint_as_in_a_shell() -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_interrupted_run_resumes_to_identical_results(sig, tmp_path, data_dir, uninterrupted):
+def test_interrupted_run_resumes_to_identical_results(sig, tmp_path, data_dir, uninterrupted, cached_rows):
     env = {**os.environ, "EVALKIT_CACHE": str(tmp_path / "cache")}
     cache_file = tmp_path / "cache" / "responses.sqlite"
     output = tmp_path / "run"

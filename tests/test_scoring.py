@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jiwer
 import numpy as np
 import pytest
 import sacrebleu
@@ -13,8 +14,10 @@ from evalkit.cli import main
 from evalkit.errors import EvalkitError
 from evalkit.scoring import load_jsonl_outputs, load_text_outputs, meta_evaluate, score_systems, short_names
 
+pytestmark = pytest.mark.unit
 
-def test_asr_systems_ranked_by_wer_with_results_json(data_dir, tmp_path):
+
+def test_asr_systems_ranked_by_wer_with_results_json(data_dir, tmp_path, scipy_percentile_ci):
     outputs = load_jsonl_outputs(data_dir / "asr_librispeech_test_clean" / "hypotheses.jsonl", id_field="utt_id")
     assert outputs.n_items == 2620 and len(outputs.systems) == 4
     options = {"wer": {"lowercase": True, "remove_punctuation": True}}
@@ -22,7 +25,16 @@ def test_asr_systems_ranked_by_wer_with_results_json(data_dir, tmp_path):
     assert report.ranking[:2] == ["mozilla-deepspeech", "google-cloud-speech"]
     written = json.loads((tmp_path / "results.json").read_text())
     best = written["results"]["mozilla-deepspeech"]
-    assert best["wer_ci"][0] < best["wer"] < best["wer_ci"][1]
+    # the reference interval: jiwer's edits and reference words per utterance, corpus WER of each resample (seed 0)
+    words = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip(),
+                           jiwer.ReduceToListOfListOfWords()])
+    alignments = [jiwer.process_words(r[0], h, reference_transform=words, hypothesis_transform=words)
+                  for h, r in zip(outputs.systems["mozilla-deepspeech"], outputs.references)]
+    edits = np.array([a.substitutions + a.deletions + a.insertions for a in alignments])
+    reference_words = np.array([a.substitutions + a.deletions + a.hits for a in alignments])
+    assert best["wer"] == pytest.approx(edits.sum() / reference_words.sum())
+    corpus_wer = lambda items: edits[items].sum() / reference_words[items].sum()  # noqa: E731
+    assert best["wer_ci"] == pytest.approx(scipy_percentile_ci(corpus_wer, outputs.n_items, 200, seed=0), abs=1e-9)
     assert "lc:yes" in written["signatures"]["wer"] and "versions" in written["meta"]
     assert written["pairwise"]["wer"][0]["p_value"] < 0.05
 

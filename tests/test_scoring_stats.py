@@ -24,6 +24,8 @@ from evalkit.scoring import (
     score_systems,
 )
 
+pytestmark = pytest.mark.unit
+
 SYSTEMS = ["Facebook-AI", "HuaweiTSC", "Online-W"]  # the first one is sacrebleu's baseline
 N_SEGMENTS = 300
 N_SAMPLES = 200

@@ -19,7 +19,6 @@ from evalkit.errors import EvalkitError
 from evalkit.models.openai import OpenAIModel
 from evalkit.requests import Generate, RollingLoglikelihood
 from evalkit.serve import decoding_from_request, token_pieces
-from test_openai_adapter import ServerProcess, free_port, task_requests
 
 KEY_ENV = "EVALKIT_SERVE_TEST_KEY"
 KEY = f"sk-serve-{uuid.uuid4().hex}"
@@ -27,11 +26,11 @@ TOLERANCE = 1e-3  # nats per request: chunked KV-cache forward vs the adapter's 
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, free_port, server_process):
     port = free_port()
     argv = [sys.executable, "-m", "evalkit", "serve", "--model", "smollm2-135m", "--port", str(port),
             "--api-key-env", KEY_ENV, "--batch-size", "4"]
-    server = ServerProcess(argv, port, tmp_path_factory.mktemp("serve") / "server.log", env={KEY_ENV: KEY}, api_key=KEY)
+    server = server_process(argv, port, tmp_path_factory.mktemp("serve") / "server.log", env={KEY_ENV: KEY}, api_key=KEY)
     server.start()
     os.environ[KEY_ENV] = KEY  # the adapter reads its key from the environment, as a user's would
     yield server
@@ -45,14 +44,16 @@ def remote(served):
     return OpenAIModel(served.url, "smollm2-135m", api_key_env=KEY_ENV, concurrency=2)
 
 
+@pytest.mark.server
 def test_models_route_identifies_evalkit(remote, smollm2):
     assert remote.server == "evalkit"
     assert remote.max_length == smollm2.max_length
     assert remote.ignored_fields(DecodingConfig(num_beams=3, no_repeat_ngram_size=2, repetition_penalty=1.2)) == []
 
 
-def test_loglikelihood_matches_in_process(remote, smollm2, data_dir):
-    requests_ = task_requests("hellaswag", data_dir, limit=3)
+@pytest.mark.server
+def test_loglikelihood_matches_in_process(remote, smollm2, task_requests):
+    requests_ = task_requests("hellaswag", limit=3)
     local, served = smollm2.loglikelihood(requests_), remote.loglikelihood(requests_)
     for want, got in zip(local, served):
         assert got.logprob == pytest.approx(want.logprob, abs=TOLERANCE)
@@ -60,18 +61,20 @@ def test_loglikelihood_matches_in_process(remote, smollm2, data_dir):
         assert got.is_greedy == want.is_greedy
 
 
-def test_rolling_loglikelihood_matches_with_the_prefix_token(served, smollm2, data_dir):
+@pytest.mark.server
+def test_rolling_loglikelihood_matches_with_the_prefix_token(served, smollm2, task_requests):
     """With the prefix token's text as score_prefix, every token is conditioned as lm-eval conditions it."""
     prefix = smollm2.tokenizer.decode([smollm2.prefix_token_id])
     remote = OpenAIModel(served.url, api_key_env=KEY_ENV, score_prefix=prefix)
-    docs = [RollingLoglikelihood(r.text) for r in task_requests("demo-lm", data_dir, limit=2)]
+    docs = [RollingLoglikelihood(r.text) for r in task_requests("demo-lm", limit=2)]
     for want, got in zip(smollm2.loglikelihood_rolling(docs), remote.loglikelihood_rolling(docs)):
         assert len(got.token_logprobs) == len(want.token_logprobs)
         assert got.logprob == pytest.approx(want.logprob, abs=TOLERANCE)
 
 
-def test_greedy_generation_matches_in_process(remote, smollm2, data_dir):
-    prompts = task_requests("demo-arith", data_dir, limit=2)
+@pytest.mark.server
+def test_greedy_generation_matches_in_process(remote, smollm2, task_requests):
+    prompts = task_requests("demo-arith", limit=2)
     greedy = DecodingConfig()
     served = remote.generate(prompts, greedy)
     for request, got in zip(prompts, served):
@@ -80,6 +83,7 @@ def test_greedy_generation_matches_in_process(remote, smollm2, data_dir):
         assert got.timing.generated_tokens == len(want.token_ids)
 
 
+@pytest.mark.server
 def test_seeded_sampling_and_n_match_in_process(remote, smollm2):
     """The server rebuilds the same Generate and DecodingConfig, so evalkit's per-request streams agree."""
     request = Generate("Once upon a time", stop=("\n",), max_new_tokens=12)
@@ -89,6 +93,7 @@ def test_seeded_sampling_and_n_match_in_process(remote, smollm2):
     assert remote.ignored_decoding_fields[config.label] == []
 
 
+@pytest.mark.server
 def test_chat_endpoint_applies_the_chat_template(served, smollm2):
     chat = OpenAIModel(served.url, "smollm2-135m", chat=True, api_key_env=KEY_ENV)
     assert chat.name.endswith("::chat")
@@ -100,6 +105,7 @@ def test_chat_endpoint_applies_the_chat_template(served, smollm2):
     assert got.text == want.text and got.text
 
 
+@pytest.mark.server
 def test_chat_continues_a_final_assistant_message(served, smollm2):
     """vLLM's continue_final_message: the reply continues the assistant prefix (nothing prepended), exactly as the
     model continues the local ChatTemplate rendering without a generation prompt; the adapter asks for it itself."""
@@ -131,6 +137,7 @@ def test_chat_continues_a_final_assistant_message(served, smollm2):
     assert both.status_code == 400 and "exactly one of" in both.json()["error"]["message"]
 
 
+@pytest.mark.integration
 def test_chat_stops_at_the_end_of_turn_marker(smollm2, monkeypatch):
     """The template's end-of-turn marker is a stop string of every chat reply, next to the request's own stops.
 
@@ -152,6 +159,7 @@ def test_chat_stops_at_the_end_of_turn_marker(smollm2, monkeypatch):
     assert reply["choices"][0]["message"]["content"] == want.text
 
 
+@pytest.mark.server
 def test_protocol_errors_are_one_line(served, remote, monkeypatch):
     headers = {"Authorization": f"Bearer {KEY}"}
     reply = requests.post(f"{served.url}/completions", json={"prompt": "x", "stream": True}, headers=headers, timeout=60)
@@ -171,6 +179,7 @@ def test_protocol_errors_are_one_line(served, remote, monkeypatch):
     assert "401" in str(error.value) and KEY_ENV in str(error.value) and "sk-wrong" not in str(error.value)
 
 
+@pytest.mark.unit
 def test_request_fields_map_onto_decoding_config():
     """OpenAI's "off" values are unset; vLLM-style extras reach the matching DecodingConfig fields."""
     assert decoding_from_request({"temperature": 0, "top_p": 1, "top_k": -1, "presence_penalty": 0}) == DecodingConfig()
@@ -186,6 +195,7 @@ def test_request_fields_map_onto_decoding_config():
                                                           num_return_sequences=2)
 
 
+@pytest.mark.integration
 def test_token_pieces_join_to_the_text(smollm2):
     tokenizer = smollm2.tokenizer
     text = "Größe: 東京 — naïve café 🎉 done."

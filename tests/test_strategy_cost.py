@@ -20,6 +20,8 @@ from evalkit.requests import Generate, Response, Timing
 from evalkit.results import CellResult, Efficiency, RunResult
 from evalkit.runner import GridSettings, _respond
 
+pytestmark = pytest.mark.unit
+
 # ----------------------------------------------------------------- Efficiency
 
 

@@ -12,22 +12,23 @@ import yaml
 from evalkit.requests import Generate, Loglikelihood, RollingLoglikelihood
 from evalkit.tasks import Task, parse_spec, resolve_tasks
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+pytestmark = pytest.mark.unit
+
 BUILTIN = Path(__file__).resolve().parents[1] / "evalkit" / "tasks" / "builtin"
 
 
-def jsonl(relative: str) -> list[dict]:
-    return [json.loads(line) for line in (DATA_DIR / relative).open(encoding="utf-8")]
+def jsonl(data_dir: Path, relative: str) -> list[dict]:
+    return [json.loads(line) for line in (data_dir / relative).open(encoding="utf-8")]
 
 
-def lines(relative: str) -> list[str]:
-    return (DATA_DIR / relative).read_text(encoding="utf-8").splitlines()
+def lines(data_dir: Path, relative: str) -> list[str]:
+    return (data_dir / relative).read_text(encoding="utf-8").splitlines()
 
 
 @pytest.fixture(scope="module")
-def tasks() -> dict[str, Task]:
+def tasks(data_dir) -> dict[str, Task]:
     names = ["wikitext2", "hellaswag", "piqa", "gsm8k", "wmt21-de-en", "wmt21-en-de", "cnndm-summeval", "demo"]
-    return {t.name: t for t in resolve_tasks(names, data_dir=str(DATA_DIR))}
+    return {t.name: t for t in resolve_tasks(names, data_dir=str(data_dir))}
 
 
 @pytest.mark.parametrize(
@@ -39,8 +40,8 @@ def test_counts(tasks, name, count):
     assert len(tasks[name].instances()) == count
 
 
-def test_hellaswag_prompts_are_lm_eval_format(tasks):
-    rows = jsonl("hellaswag/hellaswag_val.rows_0000-1999.jsonl")
+def test_hellaswag_prompts_are_lm_eval_format(tasks, data_dir):
+    rows = jsonl(data_dir, "hellaswag/hellaswag_val.rows_0000-1999.jsonl")
     for inst, row in zip(tasks["hellaswag"].instances(limit=50), rows):
         assert inst.prompt == row["query"] == row["activity_label"] + ": " + row["ctx"]
         assert inst.requests == [Loglikelihood(row["query"], " " + ending) for ending in row["endings"]]
@@ -50,8 +51,8 @@ def test_hellaswag_prompts_are_lm_eval_format(tasks):
     assert first.requests[3].continuation == " starts pulling up roofing on a roof."
 
 
-def test_piqa_prompts_are_lm_eval_format(tasks):
-    rows = jsonl("piqa/valid.jsonl")
+def test_piqa_prompts_are_lm_eval_format(tasks, data_dir):
+    rows = jsonl(data_dir, "piqa/valid.jsonl")
     for inst, row in zip(tasks["piqa"].instances(limit=50), rows):
         assert inst.prompt == "Question: " + row["goal"] + "\nAnswer:"
         assert inst.requests == [Loglikelihood(inst.prompt, " " + row["sol1"]), Loglikelihood(inst.prompt, " " + row["sol2"])]
@@ -71,26 +72,26 @@ def test_wikitext_scores_lm_eval_detokenized_page_and_counts_on_original(tasks):
         assert counts["word_perplexity"][1] == len(re.split(r"\s+", inst.reference))
 
 
-def test_gsm8k_prompt_stop_strings_and_reference(tasks):
+def test_gsm8k_prompt_stop_strings_and_reference(tasks, data_dir):
     """The stop strings are lm-eval 0.4.13's gsm8k `until`, read from its own task file."""
     import lm_eval
 
     theirs = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml").read_text())
-    rows = jsonl("gsm8k/test.jsonl")
+    rows = jsonl(data_dir, "gsm8k/test.jsonl")
     for inst, row in zip(tasks["gsm8k"].instances(limit=30), rows):
         assert inst.prompt == "Question: " + row["question"] + "\nAnswer:"
         assert inst.requests == [Generate(inst.prompt, tuple(theirs["generation_kwargs"]["until"]), 256)]
         assert inst.reference == row["answer"].split("#### ")[-1].replace(",", "")
 
 
-def test_wmt_sources_and_multiple_references(tasks):
+def test_wmt_sources_and_multiple_references(tasks, data_dir):
     de_en = tasks["wmt21-de-en"].instances()
-    src, ref_a, ref_b = (lines(f"wmt21_news_text/newstest2021.de-en.{n}.txt") for n in ("src.de", "ref.A.en", "ref.B.en"))
+    src, ref_a, ref_b = (lines(data_dir, f"wmt21_news_text/newstest2021.de-en.{n}.txt") for n in ("src.de", "ref.A.en", "ref.B.en"))
     assert [i.prompt for i in de_en[:5]] == [f"German phrase: {s}\nEnglish phrase:" for s in src[:5]]
     assert [i.reference for i in de_en] == [[a, b] for a, b in zip(ref_a, ref_b)]
     en_de = tasks["wmt21-en-de"].instances(limit=3)
     assert en_de[0].requests[0].stop == ("\n",)
-    assert en_de[0].reference[0] == lines("wmt21_news_text/newstest2021.en-de.ref.A.de.txt")[0]
+    assert en_de[0].reference[0] == lines(data_dir, "wmt21_news_text/newstest2021.en-de.ref.A.de.txt")[0]
     assert len(en_de[0].reference) == 3
 
 
@@ -101,19 +102,19 @@ def test_summeval_articles_and_eleven_references(tasks):
     assert instances[0].prompt.endswith(instances[0].doc["source"] + "\n\nSummary:")
 
 
-def _gsm8k_with_shots(num: int, seed: int = 1234) -> Task:
+def _gsm8k_with_shots(data_dir: Path, num: int, seed: int = 1234) -> Task:
     data = yaml.safe_load((BUILTIN / "gsm8k.yaml").read_text())
     data["fewshot"] = {**data["fewshot"], "num": num, "seed": seed}
-    return Task(parse_spec(data, "gsm8k k-shot"), str(DATA_DIR))
+    return Task(parse_spec(data, "gsm8k k-shot"), str(data_dir))
 
 
-def test_fewshot_format_determinism_and_exclusion():
-    rows = jsonl("gsm8k/test.jsonl")
-    task = _gsm8k_with_shots(5)
+def test_fewshot_format_determinism_and_exclusion(data_dir):
+    rows = jsonl(data_dir, "gsm8k/test.jsonl")
+    task = _gsm8k_with_shots(data_dir, 5)
     first = task.instances(limit=20)
-    assert [i.prompt for i in first] == [i.prompt for i in _gsm8k_with_shots(5).instances(limit=20)]  # same seed, same prompts
+    assert [i.prompt for i in first] == [i.prompt for i in _gsm8k_with_shots(data_dir, 5).instances(limit=20)]  # same seed, same prompts
     assert [i.prompt for i in first[:7]] == [i.prompt for i in task.instances(limit=7)]  # independent of --limit
-    assert [i.prompt for i in first] != [i.prompt for i in _gsm8k_with_shots(5, seed=99).instances(limit=20)]
+    assert [i.prompt for i in first] != [i.prompt for i in _gsm8k_with_shots(data_dir, 5, seed=99).instances(limit=20)]
     for inst in first:
         shots = inst.prompt.split("\n\n")
         assert len(shots) == 6 and shots[-1] == "Question: " + inst.doc["question"] + "\nAnswer:"

@@ -19,6 +19,8 @@ from evalkit.errors import EvalkitError
 from evalkit.requests import Response
 from evalkit.tasks import get_task, load_spec
 
+pytestmark = pytest.mark.unit
+
 PIPELINES = ("flexible-extract", "strict-match")
 ROWS = tuple(f"exact_match,{name}" for name in PIPELINES)
 

@@ -16,7 +16,8 @@ from evalkit.errors import EvalkitError
 from evalkit.tasks import get_task
 from evalkit.tasks.loaders import read_columns, read_txt, split_wikitext_articles
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+pytestmark = pytest.mark.unit
+
 ROWS = [{"q": f"What is {i} plus {i}?", "a": str(2 * i)} for i in range(7)]
 
 
@@ -85,8 +86,8 @@ def test_columns_must_be_aligned(tmp_path):
         read_columns({"source": tmp_path / "src.txt", "ref": tmp_path / "ref.txt"})
 
 
-def test_wikitext_split_into_62_articles():
-    path = DATA_DIR / "wikitext2_raw" / "wiki.test.raw.txt"
+def test_wikitext_split_into_62_articles(data_dir):
+    path = data_dir / "wikitext2_raw" / "wiki.test.raw.txt"
     text = path.read_text(encoding="utf-8")
     docs = read_txt(path, "wikitext_articles", "page")
     assert len(docs) == 62
@@ -100,9 +101,9 @@ def test_wikitext_split_into_62_articles():
         {"page": " = A = \n x \n = = B = = \n y \n"}, {"page": " = C = \n z \n"}]
 
 
-def test_dedupe_keeps_first_row_per_key():
-    task = get_task("cnndm-summeval", str(DATA_DIR))
-    rows = [json.loads(line) for line in (DATA_DIR / "summeval" / "summeval_expert.docs_000-049.jsonl").open()]
+def test_dedupe_keeps_first_row_per_key(data_dir):
+    task = get_task("cnndm-summeval", str(data_dir))
+    rows = [json.loads(line) for line in (data_dir / "summeval" / "summeval_expert.docs_000-049.jsonl").open()]
     firsts = {}
     for row in rows:
         firsts.setdefault(row["doc_id"], row)

@@ -15,7 +15,8 @@ import yaml
 from evalkit.requests import Response
 from evalkit.tasks import get_task
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+pytestmark = pytest.mark.unit
+
 
 
 def lm_eval_multiple_choice(doc: dict, lls: list[float], choices: list[str], gold: int) -> dict:
@@ -35,8 +36,8 @@ def lm_eval_multiple_choice(doc: dict, lls: list[float], choices: list[str], gol
 
 
 @pytest.mark.parametrize("name", ["hellaswag", "piqa", "demo-choice"])
-def test_multiple_choice_matches_lm_eval(name):
-    task = get_task(name, str(DATA_DIR))
+def test_multiple_choice_matches_lm_eval(name, data_dir, scipy_percentile_ci):
+    task = get_task(name, str(data_dir))
     instances = task.instances(limit=200)
     rng = np.random.default_rng(0)
     responses = []
@@ -53,19 +54,20 @@ def test_multiple_choice_matches_lm_eval(name):
         per_item = [e[metric] for e in expected]
         assert [s["scores"][metric] for s in scored.samples] == per_item
         assert scored.metrics[metric].score == pytest.approx(np.mean(per_item), abs=1e-12)
-        low, high = scored.metrics[metric].ci
-        assert low <= scored.metrics[metric].score <= high
+        correct = np.array(per_item)
+        reference = scipy_percentile_ci(lambda items: correct[items].mean(), len(correct), 200, seed=1)  # noqa: B023
+        assert scored.metrics[metric].ci == pytest.approx(reference, abs=1e-12)
     assert any(s["pred"] != s["pred_norm"] for s in scored.samples)  # the two rules were both exercised
     sample = scored.samples[0]
     assert set(sample) >= {"doc_id", "prompt", "output", "reference", "scores"}
     assert sample["prompt"] == instances[0].prompt
 
 
-def test_rolling_perplexity_matches_lm_eval_aggregation():
+def test_rolling_perplexity_matches_lm_eval_aggregation(data_dir):
     from lm_eval.api.metrics import bits_per_byte, weighted_perplexity
     from lm_eval.tasks.wikitext.preprocess_wikitext import process_results
 
-    task = get_task("wikitext2", str(DATA_DIR))
+    task = get_task("wikitext2", str(data_dir))
     instances = task.instances()
     rng = np.random.default_rng(3)
     responses = []
@@ -92,7 +94,7 @@ GSM8K_OUTPUTS = [
 ]
 
 
-def test_gsm8k_filter_and_exact_match_match_lm_eval():
+def test_gsm8k_filter_and_exact_match_match_lm_eval(data_dir):
     from lm_eval.api.metrics import exact_match_hf_evaluate
     from lm_eval.filters.extraction import RegexFilter
 
@@ -103,7 +105,7 @@ def test_gsm8k_filter_and_exact_match_match_lm_eval():
     flexible = next(f for f in config["filter_list"] if f["name"] == "flexible-extract")["filter"][0]
     options = {k: config["metric_list"][0][k] for k in ("regexes_to_ignore", "ignore_case", "ignore_punctuation")}
 
-    task = get_task("gsm8k", str(DATA_DIR))
+    task = get_task("gsm8k", str(data_dir))
     instances = task.instances(limit=len(GSM8K_OUTPUTS))
     scored = task.score(instances, [[Response(text=t)] for t in GSM8K_OUTPUTS], bootstrap=0)
 
@@ -119,12 +121,12 @@ def test_gsm8k_filter_and_exact_match_match_lm_eval():
     assert scored.samples[0]["output"] == GSM8K_OUTPUTS[0]
 
 
-def test_translation_scores_with_all_references_equal_sacrebleu():
+def test_translation_scores_with_all_references_equal_sacrebleu(data_dir):
     import sacrebleu
 
-    task = get_task("wmt21-de-en", str(DATA_DIR))
+    task = get_task("wmt21-de-en", str(data_dir))
     instances = task.instances(limit=40)
-    hyps = (DATA_DIR / "wmt21_news_text" / "newstest2021.de-en.hyp.UEdin.en.txt").read_text(encoding="utf-8").splitlines()[:40]
+    hyps = (data_dir / "wmt21_news_text" / "newstest2021.de-en.hyp.UEdin.en.txt").read_text(encoding="utf-8").splitlines()[:40]
     scored = task.score(instances, [[Response(text=" " + h + "\n")] for h in hyps], bootstrap=0)
     streams = [list(s) for s in zip(*[i.reference for i in instances])]
     assert len(streams) == 2
@@ -132,10 +134,10 @@ def test_translation_scores_with_all_references_equal_sacrebleu():
     assert scored.metrics["chrf"].score == pytest.approx(sacrebleu.corpus_chrf(hyps, streams).score, abs=1e-9)
 
 
-def test_summaries_scored_with_rouge_against_eleven_references():
+def test_summaries_scored_with_rouge_against_eleven_references(data_dir):
     from rouge_score import rouge_scorer
 
-    task = get_task("cnndm-summeval", str(DATA_DIR))
+    task = get_task("cnndm-summeval", str(data_dir))
     instances = task.instances(limit=5)
     outputs = [inst.doc["summary"] for inst in instances]
     scored = task.score(instances, [[Response(text=o)] for o in outputs], bootstrap=0)

@@ -11,7 +11,8 @@ import yaml
 from evalkit.errors import EvalkitError
 from evalkit.tasks import get_task, list_tasks, load_spec, resolve_tasks
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+pytestmark = pytest.mark.unit
+
 
 GOOD = {
     "name": "mine",

@@ -24,18 +24,12 @@ import evalkit
 from evalkit.integrations.callbacks import EvalkitCallback
 from evalkit.tasks.loaders import split_wikitext_articles
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+pytestmark = pytest.mark.integration
+
 SEQ_LEN = 32
 STEPS = 200
 EVERY = 50
 PPL = "wikitext2/word_perplexity"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from evalkit.models.registry import resolve_model_path
-
-    return transformers.AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m"))
 
 
 def tiny_llama(tokenizer, hidden: int = 16, layers: int = 2, seed: int = 0) -> transformers.LlamaForCausalLM:
@@ -63,19 +57,19 @@ class Chunks(torch.utils.data.Dataset):
 
 
 @pytest.fixture(scope="module")
-def trained(tokenizer, tmp_path_factory):
+def trained(smollm2_tokenizer, tmp_path_factory, data_dir):
     """Train with the Trainer and EvalkitCallback; return the model, the callback and the trainer's log."""
-    articles = split_wikitext_articles((DATA_DIR / "wikitext2_raw" / "wiki.test.raw.txt").read_text(encoding="utf-8"))
-    train_ids = tokenizer.encode("".join(a["page"] for a in articles[1:12]))
-    model = tiny_llama(tokenizer)
+    articles = split_wikitext_articles((data_dir / "wikitext2_raw" / "wiki.test.raw.txt").read_text(encoding="utf-8"))
+    train_ids = smollm2_tokenizer.encode("".join(a["page"] for a in articles[1:12]))
+    model = tiny_llama(smollm2_tokenizer)
     pointers = {name: p.data_ptr() for name, p in model.named_parameters()}
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path_factory.mktemp("trainer")), max_steps=STEPS, per_device_train_batch_size=4,
         learning_rate=5e-3, warmup_steps=10, logging_steps=EVERY, save_strategy="no", report_to=[], use_cpu=True,
         dataloader_num_workers=0, seed=0, disable_tqdm=True,
     )
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=Chunks(train_ids), processing_class=tokenizer)
-    callback = EvalkitCallback.attach(trainer, tasks="wikitext2", every=EVERY, limit=1, data_dir=DATA_DIR)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Chunks(train_ids), processing_class=smollm2_tokenizer)
+    callback = EvalkitCallback.attach(trainer, tasks="wikitext2", every=EVERY, limit=1, data_dir=data_dir)
     started = time.perf_counter()
     trainer.train()
     print(f"\n{STEPS} steps with {len(callback.history)} evaluations: {time.perf_counter() - started:.1f} s")
@@ -101,13 +95,13 @@ def test_training_updates_the_evaluated_weights_in_place(trained):
     assert {name: p.data_ptr() for name, p in model.named_parameters()} == pointers
 
 
-def test_evaluate_overhead_on_100_items(trained, tokenizer):
+def test_evaluate_overhead_on_100_items(trained, smollm2_tokenizer, data_dir):
     """One evaluate() on 100 HellaSwag items (400 loglikelihood requests), cold and warm (tasks and tokens memoized)."""
     model = trained[0]
     timings, model_s = [], []
     for _ in range(2):
         started = time.perf_counter()
-        results = evalkit.evaluate(model, tokenizer, tasks="hellaswag", limit=100, data_dir=DATA_DIR, bootstrap=0)
+        results = evalkit.evaluate(model, smollm2_tokenizer, tasks="hellaswag", limit=100, data_dir=data_dir, bootstrap=0)
         timings.append(time.perf_counter() - started)
         model_s.append(results["efficiency"]["hellaswag"]["loglikelihood"]["prefill_s"])  # forward passes alone
     print(
@@ -126,12 +120,12 @@ def _rss_kib(field: str) -> int:
     raise AssertionError(f"{field} missing from /proc/self/status")
 
 
-def test_evaluate_makes_no_copy_of_the_weights(tokenizer):
+def test_evaluate_makes_no_copy_of_the_weights(smollm2_tokenizer, data_dir):
     """Peak resident memory during evaluate() grows by less than the model's own size (a copy would double it)."""
-    model = tiny_llama(tokenizer, hidden=256, layers=1)  # 13M parameters, 50 MB: larger than evaluation's activations
+    model = tiny_llama(smollm2_tokenizer, hidden=256, layers=1)  # 13M parameters, 50 MB: larger than evaluation's activations
     model_kib = sum(p.numel() * p.element_size() for p in model.parameters()) // 1024
-    kwargs = dict(tasks="hellaswag", limit=10, data_dir=DATA_DIR, bootstrap=0, batch_size=2, flat=True)
-    evalkit.evaluate(model, tokenizer, **kwargs)  # warm-up: task data, imports, allocator pools
+    kwargs = dict(tasks="hellaswag", limit=10, data_dir=data_dir, bootstrap=0, batch_size=2, flat=True)
+    evalkit.evaluate(model, smollm2_tokenizer, **kwargs)  # warm-up: task data, imports, allocator pools
 
     def peak_growth_kib(action) -> int:
         Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
@@ -139,7 +133,7 @@ def test_evaluate_makes_no_copy_of_the_weights(tokenizer):
         action()
         return _rss_kib("VmHWM") - before
 
-    peak = peak_growth_kib(lambda: evalkit.evaluate(model, tokenizer, **kwargs))
+    peak = peak_growth_kib(lambda: evalkit.evaluate(model, smollm2_tokenizer, **kwargs))
     # The measurement does see a copy of the weights: freed heap goes back to the OS first, so the copy
     # cannot hide in pages an earlier test freed (in a long session it otherwise can measure 0).
     ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -152,14 +146,14 @@ def test_evaluate_makes_no_copy_of_the_weights(tokenizer):
     assert peak < model_kib / 2
 
 
-def test_evaluate_restores_modes_and_random_state(tokenizer):
-    model = tiny_llama(tokenizer)
+def test_evaluate_restores_modes_and_random_state(smollm2_tokenizer):
+    model = tiny_llama(smollm2_tokenizer)
     model.train()
     model.model.layers[0].eval()  # a submodule the caller keeps frozen must stay in eval mode
     modes = {name: m.training for name, m in model.named_modules()}
     random.seed(3), np.random.seed(3), torch.manual_seed(3)
     states = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
-    flat = evalkit.evaluate(model, tokenizer, tasks="demo-arith", decoding="greedy,temp0.7", limit=2, bootstrap=0, flat=True)
+    flat = evalkit.evaluate(model, smollm2_tokenizer, tasks="demo-arith", decoding="greedy,temp0.7", limit=2, bootstrap=0, flat=True)
     assert {name: m.training for name, m in model.named_modules()} == modes
     assert random.getstate() == states[0]
     assert np.array_equal(np.random.get_state()[1], states[1])
@@ -169,26 +163,26 @@ def test_evaluate_restores_modes_and_random_state(tokenizer):
     assert not any(key.endswith("_ci") for key in flat)
 
 
-def test_every_skips_steps_that_are_not_due(tokenizer):
-    model = tiny_llama(tokenizer)
-    assert evalkit.evaluate(model, tokenizer, tasks="demo-lm", every=50, step=49) == {}
-    assert evalkit.evaluate(model, tokenizer, tasks="demo-lm", limit=2, every=50, step=100, bootstrap=0, flat=True)
+def test_every_skips_steps_that_are_not_due(smollm2_tokenizer):
+    model = tiny_llama(smollm2_tokenizer)
+    assert evalkit.evaluate(model, smollm2_tokenizer, tasks="demo-lm", every=50, step=49) == {}
+    assert evalkit.evaluate(model, smollm2_tokenizer, tasks="demo-lm", limit=2, every=50, step=100, bootstrap=0, flat=True)
     with pytest.raises(evalkit.EvalkitError, match="step"):
-        evalkit.evaluate(model, tokenizer, tasks="demo-lm", every=50)
+        evalkit.evaluate(model, smollm2_tokenizer, tasks="demo-lm", every=50)
 
 
-def test_lightning_callback_logs_evalkit_metrics(tokenizer, tmp_path):
+def test_lightning_callback_logs_evalkit_metrics(smollm2_tokenizer, tmp_path, data_dir):
     import pytorch_lightning as pl
 
     from evalkit.integrations.callbacks import EvalkitLightningCallback
 
-    articles = split_wikitext_articles((DATA_DIR / "wikitext2_raw" / "wiki.test.raw.txt").read_text(encoding="utf-8"))
-    data = Chunks(tokenizer.encode(articles[1]["page"]))
+    articles = split_wikitext_articles((data_dir / "wikitext2_raw" / "wiki.test.raw.txt").read_text(encoding="utf-8"))
+    data = Chunks(smollm2_tokenizer.encode(articles[1]["page"]))
 
     class Module(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.model = tiny_llama(tokenizer)
+            self.model = tiny_llama(smollm2_tokenizer)
 
         def training_step(self, batch, batch_idx):
             return self.model(**batch).loss
@@ -196,7 +190,7 @@ def test_lightning_callback_logs_evalkit_metrics(tokenizer, tmp_path):
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=1e-2)
 
-    callback = EvalkitLightningCallback(tokenizer=tokenizer, tasks="wikitext2", every=10, limit=1, data_dir=DATA_DIR)
+    callback = EvalkitLightningCallback(tokenizer=smollm2_tokenizer, tasks="wikitext2", every=10, limit=1, data_dir=data_dir)
     trainer = pl.Trainer(
         max_steps=20, accelerator="cpu", devices=1, callbacks=[callback], logger=pl.loggers.CSVLogger(tmp_path),
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
