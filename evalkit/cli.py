@@ -457,12 +457,15 @@ def add_compare_decoding_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_compare_decoding(args: argparse.Namespace) -> int:
-    import json
+    from evalkit.results import RESULTS_FILE, ResultsRecord
 
-    path = args.run_dir / "results.json"
+    path = args.run_dir / RESULTS_FILE
     if not path.is_file():
         raise EvalkitError(f"{path} not found: pass a folder written by `evalkit run --output DIR`")
-    tables = comparison_tables(json.loads(path.read_text(encoding="utf-8")), args.task)
+    record = ResultsRecord.read(path)
+    if record.command != "run":
+        raise EvalkitError(f"{path} was written by `evalkit {record.command}`, which runs no decoding: pass a folder written by `evalkit run`")
+    tables = comparison_tables(record.to_dict(), args.task)
     if not tables:
         raise EvalkitError(f"{path} has no generation task (of those asked for): run one with --decoding a,b,...")
     for table in tables:
@@ -477,6 +480,7 @@ def results_table(results: dict):
     task; a generation task's rows say ``task/decoding`` (as :func:`evalkit.flatten`'s keys).
     Diversity metrics are left to the strategy table.
     """
+    from evalkit.metrics.base import ci_key, is_ci_key
     from evalkit.metrics.diversity import DIVERSITY_NAMES
     from evalkit.runner import SCORING_LABEL
 
@@ -490,9 +494,9 @@ def results_table(results: dict):
             speed = f"{tokens_per_s:.1f}" if tokens_per_s else ""
             pairs = []
             for metric, value in values.items():
-                if metric.endswith("_ci") or metric in DIVERSITY_NAMES:  # shown in the strategy table instead
+                if is_ci_key(metric) or metric in DIVERSITY_NAMES:  # shown in the strategy table instead
                     continue
-                ci = values.get(f"{metric}_ci")
+                ci = values.get(ci_key(metric))
                 interval = f"[{_sig(ci[0])}, {_sig(ci[1])}]" if ci else ""
                 rows.append([name, metric, _fmt(value), interval, str(n_items), speed])
                 pairs.append((metric, _fmt(value), interval))

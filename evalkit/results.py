@@ -1,4 +1,5 @@
-"""The run's output: results.json (scores + metadata) and per-sample JSONL files.
+"""What evalkit writes: results.json (one schema, :class:`ResultsRecord`, for `evalkit run` and `evalkit score`)
+and a run's per-sample JSONL files.
 
 Everything is written atomically (temporary file + rename), so a run killed
 while writing never leaves a half-written result file behind.
@@ -12,15 +13,18 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from evalkit.metrics.base import MetricResult
+from evalkit.errors import EvalkitError, not_utf8
+from evalkit.metrics.base import MetricResult, flat_values
 from evalkit.requests import Response, Timing
 
+RESULTS_FILE = "results.json"
 TRACKED_PACKAGES = ("evalkit", "torch", "transformers", "sacrebleu", "rouge-score", "bert-score", "unbabel-comet", "lm-eval")
 
 
@@ -161,48 +165,110 @@ class CellResult:
 
 
 @dataclass
+class ResultsRecord:
+    """results.json: the one schema every command that scores writes (``command``: "run" or "score").
+
+    ``results`` is ``{task: {decoding: {metric: value, metric_ci: [low, high]}}}``
+    for a run and ``{dataset: {system: {...}}}`` for `evalkit score`: two
+    levels of names, then one flat cell per (task or dataset, decoding or
+    system). ``n_items`` and ``signatures`` are keyed by the first level;
+    ``model`` and ``backend`` name what generated the outputs (None for
+    `score`, which scores given outputs). ``sections`` are the command's own
+    blocks, written between the common ones and ``meta``: a run's
+    ``efficiency`` and ``decoding``, score's ``ranking``, ``pairwise``,
+    ``paired_test`` and ``higher_is_better``.
+    """
+
+    command: str
+    results: dict[str, dict[str, dict[str, Any]]]
+    n_items: dict[str, int]
+    signatures: dict[str, dict[str, str]]
+    meta: dict[str, Any]
+    model: str | None = None
+    backend: str | None = None
+    sections: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_metrics(
+        cls, command: str, metrics: Mapping[str, Mapping[str, Mapping[str, MetricResult]]], n_items: dict[str, int],
+        meta: dict[str, Any], *, model: str | None = None, backend: str | None = None, sections: dict[str, Any] | None = None,
+    ) -> ResultsRecord:
+        """The record of scored cells ``{task: {decoding: {metric: MetricResult}}}``: flat values and one signature per metric."""
+        results = {task: {label: flat_values(cell) for label, cell in by_label.items()} for task, by_label in metrics.items()}
+        signatures: dict[str, dict[str, str]] = {}
+        for task, by_label in metrics.items():
+            for cell in by_label.values():
+                for name, result in cell.items():
+                    signatures.setdefault(task, {})[name] = result.signature
+        return cls(command, results, n_items, signatures, meta, model, backend, sections or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "model": self.model,
+            "backend": self.backend,
+            "results": self.results,
+            "n_items": self.n_items,
+            "signatures": self.signatures,
+            **self.sections,
+            "meta": self.meta,
+        }
+
+    def write(self, output_dir: Path) -> Path:
+        """``output_dir``/results.json."""
+        path = Path(output_dir) / RESULTS_FILE
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=_json_default) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> ResultsRecord:
+        """A results.json back; files from before ``command`` existed were written by `evalkit run`."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise EvalkitError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): rerun the evalkit command that wrote it") from None
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
+        except OSError as error:
+            raise EvalkitError(f"cannot read {path}: {error.strerror}; check the path") from None
+        if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+            raise EvalkitError(f"{path} has no 'results' object: it was not written by `evalkit run` or `evalkit score`")
+        common = ("command", "model", "backend", "results", "n_items", "signatures", "meta")
+        return cls(
+            command=str(data.get("command") or "run"),
+            results=data["results"],
+            n_items=data.get("n_items") or {},
+            signatures=data.get("signatures") or {},
+            meta=data.get("meta") or {},
+            model=None if data.get("model") is None else str(data["model"]),
+            backend=None if data.get("backend") is None else str(data["backend"]),
+            sections={key: value for key, value in data.items() if key not in common},
+        )
+
+
+@dataclass
 class RunResult:
+    """What `evalkit run` scored: every (task, decoding) cell, with its samples, efficiency and decoding config."""
+
     model: str
     backend: str
     cells: dict[str, dict[str, CellResult]] = field(default_factory=dict)  # task -> decoding label -> cell
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        """The results.json structure: ``{"model", "results": {task: {decoding: {metric: value}}}, ...}``.
+    def record(self) -> ResultsRecord:
+        """results.json's record; per-cell efficiency and the full decoding configs go in the run's own sections."""
+        n_items = {task: cell.n_items for task, by_label in self.cells.items() for cell in by_label.values()}
+        efficiency = {task: {label: cell.efficiency.to_dict() for label, cell in by_label.items()} for task, by_label in self.cells.items()}
+        decodings = {label: cell.decoding for by_label in self.cells.values() for label, cell in by_label.items()}
+        metrics = {task: {label: cell.metrics for label, cell in by_label.items()} for task, by_label in self.cells.items()}
+        return ResultsRecord.from_metrics(
+            "run", metrics, n_items, self.meta, model=self.model, backend=self.backend,
+            sections={"efficiency": efficiency, "decoding": decodings},
+        )
 
-        Next to each metric value sits ``<metric>_ci`` (the bootstrap interval)
-        when one was computed; signatures, per-cell efficiency and the full
-        decoding configs are kept apart so the ``results`` block stays flat.
-        """
-        results: dict[str, dict[str, dict[str, Any]]] = {}
-        signatures: dict[str, dict[str, str]] = {}
-        efficiency: dict[str, dict[str, dict]] = {}
-        decodings: dict[str, dict | None] = {}
-        n_items: dict[str, int] = {}
-        for task, by_decoding in self.cells.items():
-            results[task] = {}
-            efficiency[task] = {}
-            for label, cell in by_decoding.items():
-                values: dict[str, Any] = {}
-                for name, metric in cell.metrics.items():
-                    values[name] = metric.score
-                    if metric.ci is not None:
-                        values[f"{name}_ci"] = list(metric.ci)
-                    signatures.setdefault(task, {})[name] = metric.signature
-                results[task][label] = values
-                efficiency[task][label] = cell.efficiency.to_dict()
-                decodings[label] = cell.decoding
-                n_items[task] = cell.n_items
-        return {
-            "model": self.model,
-            "backend": self.backend,
-            "results": results,
-            "n_items": n_items,
-            "signatures": signatures,
-            "efficiency": efficiency,
-            "decoding": decodings,
-            "meta": self.meta,
-        }
+    def to_dict(self) -> dict:
+        """The results.json structure (see :class:`ResultsRecord`)."""
+        return self.record().to_dict()
 
     def write(self, output_dir: Path) -> Path:
         """Write results.json and samples/<task>__<decoding>.jsonl under ``output_dir``."""
@@ -210,9 +276,7 @@ class RunResult:
         for task, by_decoding in self.cells.items():
             for label, cell in by_decoding.items():
                 write_jsonl(output_dir / "samples" / f"{safe_filename(task)}__{safe_filename(label)}.jsonl", cell.samples)
-        path = output_dir / "results.json"
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=_json_default) + "\n")
-        return path
+        return self.record().write(output_dir)
 
 
 def safe_filename(name: str) -> str:

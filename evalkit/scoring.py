@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from evalkit.errors import EvalkitError, not_utf8
-from evalkit.metrics.base import MetricResult
+from evalkit.metrics.base import MetricResult, ci_key
 from evalkit.metrics.bootstrap import (
     PAIRED_TESTS,
     SACREBLEU_AR_TRIALS,
@@ -34,18 +34,24 @@ from evalkit.metrics.bootstrap import (
 )
 from evalkit.metrics.registry import build_metrics, expand_names, score_items
 from evalkit.progress import step
+from evalkit.results import ResultsRecord, atomic_write_text, run_metadata
 
 QUIET_S = 2.0  # bootstrap and paired-test steps are reported only when one takes longer
 
 
 @dataclass
 class SystemOutputs:
-    """Several systems' outputs on the same items, with the references (and sources, human scores) per item."""
+    """Several systems' outputs on the same items, with the references (and sources, human scores) per item.
+
+    ``name`` names the data set in results.json: the input file's name without its extension
+    (the jsonl file, or the first reference file).
+    """
 
     systems: dict[str, list[str]]
     references: list[list[str]]
     sources: list[str] | None = None
     human: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)  # field -> system -> per item
+    name: str = "outputs"
 
     @property
     def n_items(self) -> int:
@@ -94,7 +100,7 @@ def load_text_outputs(
     for label, lines in [*zip(map(str, reference_files), references), *zip(map(str, hypothesis_files), systems.values()), ("sources", sources or [None] * n)]:
         if len(lines) != n:
             raise EvalkitError(f"score: {label} has {len(lines)} lines but the first reference file has {n}; files must be line-aligned")
-    return SystemOutputs(systems, [list(r) for r in zip(*references)], sources)
+    return SystemOutputs(systems, [list(r) for r in zip(*references)], sources, name=Path(reference_files[0]).stem)
 
 
 def load_jsonl_outputs(
@@ -147,6 +153,7 @@ def load_jsonl_outputs(
         references=[text(r[reference_field]) for r in first],
         sources=[r[source_field] for r in first] if source_field else None,
         human={h: {s: [r[h] for r in rows] for s, rows in rows_by_system.items()} for h in human_fields},
+        name=Path(path).stem,
     )
 
 
@@ -164,34 +171,24 @@ class ScoreReport:
     baseline: str | None = None  # the first system given: sacrebleu's baseline
     paired_seed: int | None = None
     paired_resamples: int | None = None
+    dataset: str = "outputs"  # SystemOutputs.name
+    n_items: int = 0
 
-    def to_dict(self) -> dict:
-        """The results.json structure: ``{"results": {system: {metric: value, metric_ci: [lo, hi]}}, ...}``."""
-        results = {}
-        for system in self.ranking:
-            values: dict[str, Any] = {}
-            for name, result in self.results[system].items():
-                values[name] = result.score
-                if result.ci is not None:
-                    values[f"{name}_ci"] = list(result.ci)
-            results[system] = values
-        first = self.results[self.ranking[0]]
-        return {
-            "results": results,
-            "ranking": self.ranking,
-            "signatures": {name: first[name].signature for name in self.metrics},
-            "pairwise": {
-                name: [
-                    {"a": a, "b": b, "method": t.method, "delta": t.delta, "p_value": t.p_value, "delta_ci": list(t.ci) if t.ci else None}
-                    for (a, b), t in tests.items()
-                ]
-                for name, tests in self.pairwise.items()
-            },
-            "paired_test": {"test": self.paired_test, "baseline": self.baseline, "seed": self.paired_seed,
-                            "resamples": self.paired_resamples},
-            "higher_is_better": self.higher_is_better,
-            "meta": self.meta,
+    def record(self) -> ResultsRecord:
+        """results.json's record: ``results`` is ``{dataset: {system: {metric: value, metric_ci: [lo, hi]}}}``, systems
+        in rank order; the ranking, the pairwise tests and how they were run are score's own sections."""
+        pairwise = {
+            name: [
+                {"a": a, "b": b, "method": t.method, "delta": t.delta, "p_value": t.p_value, "delta_ci": list(t.ci) if t.ci else None}
+                for (a, b), t in tests.items()
+            ]
+            for name, tests in self.pairwise.items()
         }
+        paired_test = {"test": self.paired_test, "baseline": self.baseline, "seed": self.paired_seed, "resamples": self.paired_resamples}
+        return ResultsRecord.from_metrics(
+            "score", {self.dataset: {system: self.results[system] for system in self.ranking}}, {self.dataset: self.n_items}, self.meta,
+            sections={"ranking": self.ranking, "pairwise": pairwise, "paired_test": paired_test, "higher_is_better": self.higher_is_better},
+        )
 
 
 def score_systems(
@@ -268,22 +265,18 @@ def score_systems(
                 observed = results[a][name].score - results[b][name].score
                 pairwise[name][(a, b)] = paired_from_resamples(observed, boots[a][name] - boots[b][name], confidence)
     report = ScoreReport(names, results, ranking, pairwise, higher, paired_test=paired_test, baseline=next(iter(outputs.systems)),
-                         paired_seed=seed, paired_resamples=paired_resamples)
+                         paired_seed=seed, paired_resamples=paired_resamples, dataset=outputs.name, n_items=outputs.n_items)
     if output_dir is not None:
-        write_report(report, Path(output_dir), {"command": "score", "metrics": names, "n_items": outputs.n_items,
+        write_report(report, Path(output_dir), {"metrics": names, "n_items": outputs.n_items,
                                                  "bootstrap": n_resamples, "confidence": confidence, "seed": seed,
                                                  "paired_test": paired_test, "paired_resamples": paired_resamples, **(config or {})})
     return report
 
 
 def write_report(report: ScoreReport, output_dir: Path, config: dict[str, Any]) -> Path:
-    """DIR/results.json with the same meta block as `evalkit run` (versions, git hash, hardware, settings)."""
-    from evalkit.results import atomic_write_text, run_metadata
-
+    """DIR/results.json, the schema and meta block of `evalkit run` (versions, git hash, hardware, settings)."""
     report.meta = run_metadata(config, device="cpu")
-    path = output_dir / "results.json"
-    atomic_write_text(path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    return path
+    return report.record().write(output_dir)
 
 
 # ---------------------------------------------------------------- meta-evaluation
@@ -310,7 +303,7 @@ def select_systems(
     if len(kept) < 2:
         raise EvalkitError(f"meta-eval: {len(kept)} system(s) left after excluding {', '.join(dropped)}; correlations need at least two")
     human = {h: {s: by_system[s] for s in kept} for h, by_system in outputs.human.items()}
-    return SystemOutputs({s: outputs.systems[s] for s in kept}, outputs.references, outputs.sources, human), dropped
+    return replace(outputs, systems={s: outputs.systems[s] for s in kept}, human=human), dropped
 
 
 @dataclass
@@ -337,7 +330,7 @@ class Correlation:
         for name in ("pearson", "spearman", "kendall"):
             row[name] = clean(getattr(self, name))
             if name in self.ci:
-                row[f"{name}_ci"] = [clean(v) for v in self.ci[name]]
+                row[ci_key(name)] = [clean(v) for v in self.ci[name]]
         row["kendall_variant"] = self.kendall_variant
         if self.epsilon is not None:
             row["epsilon"] = self.epsilon
@@ -574,8 +567,6 @@ def _system_row(name, human_field, system_scores, human_means, tau, kendall, sys
 
 def write_meta_eval(table: Sequence[Correlation], output_dir: Path, config: dict[str, Any]) -> Path:
     """DIR/meta_eval.json: every correlation and interval at full precision, the settings, and the run metadata."""
-    from evalkit.results import atomic_write_text, run_metadata
-
     payload = {"correlations": [row.to_dict() for row in table], "config": config, "meta": run_metadata(config, device="cpu")}
     path = output_dir / "meta_eval.json"
     atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n")

@@ -24,7 +24,8 @@ def test_asr_systems_ranked_by_wer_with_results_json(data_dir, tmp_path, scipy_p
     report = score_systems(outputs, ["wer"], options, n_resamples=200, output_dir=tmp_path)
     assert report.ranking[:2] == ["mozilla-deepspeech", "google-cloud-speech"]
     written = json.loads((tmp_path / "results.json").read_text())
-    best = written["results"]["mozilla-deepspeech"]
+    assert written["command"] == "score" and written["n_items"] == {"hypotheses": 2620}  # results.json's schema, keyed by the data set
+    best = written["results"]["hypotheses"]["mozilla-deepspeech"]
     # the reference interval: jiwer's edits and reference words per utterance, corpus WER of each resample (seed 0)
     words = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip(),
                            jiwer.ReduceToListOfListOfWords()])
@@ -35,7 +36,7 @@ def test_asr_systems_ranked_by_wer_with_results_json(data_dir, tmp_path, scipy_p
     assert best["wer"] == pytest.approx(edits.sum() / reference_words.sum())
     corpus_wer = lambda items: edits[items].sum() / reference_words[items].sum()  # noqa: E731
     assert best["wer_ci"] == pytest.approx(scipy_percentile_ci(corpus_wer, outputs.n_items, 200, seed=0), abs=1e-9)
-    assert "lc:yes" in written["signatures"]["wer"] and "versions" in written["meta"]
+    assert "lc:yes" in written["signatures"]["hypotheses"]["wer"] and "versions" in written["meta"]
     assert written["pairwise"]["wer"][0]["p_value"] < 0.05
 
 
@@ -78,7 +79,7 @@ def test_cli_score_and_errors(data_dir, tmp_path, capsys):
     code = main(["score", "--hyp", *hyps, "--ref", str(folder / "newstest2021.de-en.ref.A.en.txt"),
                  "--metrics", "chrf", "--bootstrap", "50", "--output", str(tmp_path)])
     assert code == 0 and "ranked by chrf" in capsys.readouterr().out
-    assert set(json.loads((tmp_path / "results.json").read_text())["results"]) == {"Facebook-AI", "HuaweiTSC"}
+    assert set(json.loads((tmp_path / "results.json").read_text())["results"]["newstest2021.de-en.ref.A.en"]) == {"Facebook-AI", "HuaweiTSC"}
     assert main(["score", "--hyp", *hyps, "--ref", hyps[0], "--metrics", "blue"]) == 2
     assert "unknown metric 'blue'" in capsys.readouterr().err
     assert main(["score", "--hyp", *hyps, "--ref", hyps[0], "--option", "bleu"]) == 2

@@ -17,6 +17,7 @@ import math
 import re
 
 from evalkit.errors import EvalkitError
+from evalkit.metrics.base import is_ci_key
 from evalkit.metrics.diversity import SUMMARY_NAMES
 
 
@@ -119,7 +120,7 @@ def strategy_rows(results: dict, task: str) -> list[dict]:
     """
     by_label = results["results"][task]
     first = next(iter(by_label.values()))
-    quality = next(m for m in first if not m.endswith("_ci"))
+    quality = next(m for m in first if not is_ci_key(m))
     efficiency = (results.get("efficiency") or {}).get(task) or {}
     decodings = results.get("decoding") or {}
     labels = list(by_label)

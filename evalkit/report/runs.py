@@ -1,9 +1,11 @@
 """Reading run folders written by `evalkit run` back into memory for the report.
 
 A run folder holds ``results.json`` and ``samples/<task>__<decoding>.jsonl``
-(see :mod:`evalkit.results`). The report accepts either run folders or a parent
-folder of run folders (``evalkit report runs/``), so a whole grid of runs can
-be published with one argument.
+(see :mod:`evalkit.results`); a folder written by `evalkit score` has the same
+results.json schema and no samples, its systems in place of decodings. The
+report accepts either run folders or a parent folder of run folders
+(``evalkit report runs/``), so a whole grid of runs can be published with one
+argument.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.errors import EvalkitError
-from evalkit.results import safe_filename
-
-RESULTS_FILE = "results.json"
+from evalkit.results import RESULTS_FILE, ResultsRecord, safe_filename
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Run:
     efficiency: dict[str, dict[str, dict[str, Any]]]
     decoding: dict[str, Any]
     meta: dict[str, Any]
+    command: str = "run"
     samples: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
 
     @property
@@ -91,24 +92,19 @@ def expand_run_dirs(paths: list[Path]) -> list[Path]:
 
 
 def load_run(path: Path, name: str | None = None) -> Run:
-    results_path = path / RESULTS_FILE
-    try:
-        data = json.loads(results_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise EvalkitError(f"{results_path} is not valid JSON ({error.msg} at line {error.lineno}): rerun `evalkit run`") from None
-    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-        raise EvalkitError(f"{results_path} has no 'results' object: it was not written by `evalkit run`")
+    record = ResultsRecord.read(path / RESULTS_FILE)
     run = Run(
         path=path,
         name=name or path.name,
-        model=str(data.get("model", "?")),
-        backend=str(data.get("backend", "?")),
-        results=data["results"],
-        n_items=data.get("n_items") or {},
-        signatures=data.get("signatures") or {},
-        efficiency=data.get("efficiency") or {},
-        decoding=data.get("decoding") or {},
-        meta=data.get("meta") or {},
+        model="?" if record.model is None else record.model,
+        backend="?" if record.backend is None else record.backend,
+        results=record.results,
+        n_items=record.n_items,
+        signatures=record.signatures,
+        efficiency=record.sections.get("efficiency") or {},
+        decoding=record.sections.get("decoding") or {},
+        meta=record.meta,
+        command=record.command,
     )
     for task, label in run.cells:
         run.samples[(task, label)] = _read_samples(path / "samples" / f"{safe_filename(task)}__{safe_filename(label)}.jsonl")

@@ -7,7 +7,7 @@ which metric heads a task, so both follow the field's conventions by name.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from evalkit.metrics.diversity import is_diversity_metric as is_diversity  # the report's name for it
 
