@@ -176,19 +176,20 @@ def resampled_items() -> Callable[[int, int, int], np.ndarray]:
 
 @pytest.fixture(scope="session")
 def scipy_percentile_ci() -> Callable[..., tuple[float, float]]:
-    """``scipy_percentile_ci(statistic, n_items, n_resamples, seed=0, confidence=0.95)``: the reference interval.
+    """``scipy_percentile_ci(statistic, n_items, n_resamples, seed=0, confidence=0.95, rng=None)``: the reference interval.
 
     scipy.stats.bootstrap(method="percentile") of ``statistic`` (an array of item
     indices -> a number) on the very resamples evalkit draws, so an evalkit interval
     must equal it to rounding: the statistic and the percentile are scipy's and the test's.
+    With ``rng`` scipy draws the resamples itself from that Generator, as meta-eval does.
     """
     from scipy.stats import bootstrap
 
     def interval(statistic: Callable[[np.ndarray], float], n_items: int, n_resamples: int, seed: int = 0,
-                 confidence: float = 0.95) -> tuple[float, float]:
-        replay = ReplayedResamples(resample_indices(n_items, n_resamples, seed))
+                 confidence: float = 0.95, rng: np.random.Generator | None = None) -> tuple[float, float]:
+        draws = rng if rng is not None else ReplayedResamples(resample_indices(n_items, n_resamples, seed))
         result = bootstrap((np.arange(n_items),), statistic, n_resamples=n_resamples, confidence_level=confidence,
-                           method="percentile", vectorized=False, rng=replay)
+                           method="percentile", vectorized=False, rng=draws)
         low, high = result.confidence_interval
         return float(low), float(high)
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import pytest
@@ -125,7 +126,7 @@ def mqm_subset(data_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("variant", ["b", "c"])
-def test_meta_eval_json_equals_scipy(mqm_subset, tmp_path, variant, capsys):
+def test_meta_eval_json_equals_scipy(mqm_subset, tmp_path, variant, capsys, scipy_percentile_ci):
     code = main(["meta-eval", "--jsonl", str(mqm_subset), "--id-field", "seg_id", "--human-field", "mqm_score",
                  "--metrics", "bleu,chrf", "--kendall", variant, "--bootstrap", "40", "--output", str(tmp_path)])
     assert code == 0
@@ -139,6 +140,11 @@ def test_meta_eval_json_equals_scipy(mqm_subset, tmp_path, variant, capsys):
     means = [np.mean(outputs.human["mqm_score"][s]) for s in systems]
     sentence = {"bleu": lambda h, r: sacrebleu.sentence_bleu(h, [r]).score, "chrf": lambda h, r: sacrebleu.sentence_chrf(h, [r]).score}
     corpus = {"bleu": lambda hs: sacrebleu.corpus_bleu(hs, [refs]).score, "chrf": lambda hs: sacrebleu.corpus_chrf(hs, [refs]).score}
+    correlation = {"pearson": stats.pearsonr, "spearman": stats.spearmanr, "kendall": partial(stats.kendalltau, variant=variant)}
+    n, seed = len(refs), written["config"]["seed"]
+    # intervals: scipy's percentile bootstrap drawing from meta-eval's generator (items first, then systems)
+    pooled = np.arange(len(systems))[:, None] * n  # a drawn item brings its row of every system
+    draws = {"segment": (n, lambda items: (pooled + items).ravel()), "system": (len(systems), lambda drawn: drawn)}
     for metric in ("bleu", "chrf"):
         segment = [sentence[metric](h, r) for s in systems for h, r in zip(outputs.systems[s], refs)]
         system = [corpus[metric](outputs.systems[s]) for s in systems]
@@ -148,9 +154,15 @@ def test_meta_eval_json_equals_scipy(mqm_subset, tmp_path, variant, capsys):
             assert row["pearson"] == pytest.approx(stats.pearsonr(x, y)[0], rel=1e-12)
             assert row["spearman"] == pytest.approx(stats.spearmanr(x, y)[0], rel=1e-12)
             assert row["kendall"] == pytest.approx(stats.kendalltau(x, y, variant=variant)[0], rel=1e-12)
-            for name in ("pearson", "spearman", "kendall"):
-                low, high = row[f"{name}_ci"]
-                assert -1 <= low <= high <= 1
+            x, y = np.asarray(x), np.asarray(y)
+            size, rows_of = draws[level]
+            for name, function in correlation.items():
+                rng = np.random.default_rng(seed)
+                if level == "system":
+                    rng.integers(0, n, size=(40, n))  # the item draws come first
+                reference = scipy_percentile_ci(lambda drawn: function(x[rows_of(drawn)], y[rows_of(drawn)])[0],  # noqa: B023
+                                                size, 40, rng=rng)
+                assert row[f"{name}_ci"] == pytest.approx(reference, abs=1e-12), (metric, level, name)
     assert written["config"]["kendall"] == variant and written["config"]["bootstrap"] == 40
 
 
@@ -184,7 +196,7 @@ def test_acc23_on_a_hand_computed_example():
     assert PairwiseAccuracy([one, two]).many(np.array([[1, 2]]))[0] == pytest.approx(1 / 3)
 
 
-def test_acc23_in_meta_eval_equals_brute_force(mqm_subset, tmp_path):
+def test_acc23_in_meta_eval_equals_brute_force(mqm_subset, tmp_path, scipy_percentile_ci):
     outputs = load_jsonl_outputs(mqm_subset, id_field="seg_id", human_fields=["mqm_score"])
     rows = {r.level: r for r in meta_evaluate(outputs, ["chrf"], kendall="acc23", n_resamples=20, output_dir=tmp_path)}
     assert np.isnan(rows["segment"].kendall) and "kendall" not in rows["segment"].ci
@@ -194,14 +206,17 @@ def test_acc23_in_meta_eval_equals_brute_force(mqm_subset, tmp_path):
     human = np.array([outputs.human["mqm_score"][s] for s in systems], dtype=float).T
     i, j = np.triu_indices(len(systems), 1)
     dh, dm = human[:, i] - human[:, j], metric[:, i] - metric[:, j]
-    best = -1.0
+    per_item = []  # [epsilon, item]: each item's share of rightly ordered pairs at that epsilon
     for eps in sorted({0.0, *np.abs(dm).ravel()}):
         tied = np.abs(dm) <= eps
         right = np.where(dh == 0, tied, ~tied & (np.sign(dh) == np.sign(dm)))
-        best = max(best, right.mean(axis=1).mean())
+        per_item.append(right.mean(axis=1))
+    per_item = np.array(per_item)
+    best = per_item.mean(axis=1).max()
     assert rows["item"].kendall == pytest.approx(best, abs=1e-12) and rows["item"].kendall_n == 60
-    low, high = rows["item"].ci["kendall"]
-    assert 0 <= low <= high <= 1
+    # the interval: the same brute force on each resample of items (epsilon chosen again), meta-eval's seed-0 draws
+    reference = scipy_percentile_ci(lambda items: per_item[:, items].mean(axis=1).max(), 60, 20, rng=np.random.default_rng(0))
+    assert rows["item"].ci["kendall"] == pytest.approx(reference, abs=1e-12)
     written = json.loads((tmp_path / "meta_eval.json").read_text())
     item = next(r for r in written["correlations"] if r["level"] == "item")
     assert item["kendall_variant"] == "acc23" and item["epsilon"] == rows["item"].epsilon
