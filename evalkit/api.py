@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import random
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ def evaluate(
     a DDP wrapper is unwrapped), or any :class:`LanguageModel`. Everything the
     user can get wrong (task names, data files, decoding specs) is checked
     before a model is loaded. ``tasks`` may name lm-evaluation-harness tasks as
-    ``lm_eval:<name>`` (see :mod:`evalkit.integrations.lm_eval_tasks`).
+    ``lm_eval:<name>`` (see :mod:`evalkit.tasks.lm_eval`).
 
     ``backend``: ``"auto"`` (the default) loads a model given by name on the
     native engine when it runs the model's architecture and ``dtype``, else
@@ -181,7 +182,7 @@ _TASKS: dict[tuple, list] = {}
 
 
 def _resolve_tasks(tasks: str | Sequence[str], data_dir: str | Path | None) -> list:
-    from evalkit.tasks import expand, get_task
+    from evalkit.tasks import resolve_tasks
 
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     names = [n for n in names if n]
@@ -190,18 +191,7 @@ def _resolve_tasks(tasks: str | Sequence[str], data_dir: str | Path | None) -> l
     data = str(data_dir) if data_dir is not None else None
     key = (tuple(names), data, os.environ.get("EVALKIT_DATA"))
     if key not in _TASKS:
-        from evalkit.integrations.lm_eval_tasks import LM_EVAL_PREFIX, lm_eval_tasks
-
-        resolved: dict[str, Any] = {}  # lm-eval tasks keep their place among evalkit's; duplicates once
-        for name in names:
-            if name.startswith(LM_EVAL_PREFIX):
-                for task in lm_eval_tasks(name[len(LM_EVAL_PREFIX) :], data):
-                    resolved.setdefault(task.name, task)
-            else:
-                for member in expand([name]):
-                    if member not in resolved:
-                        resolved[member] = get_task(member, data)
-        _TASKS[key] = list(resolved.values())
+        _TASKS[key] = resolve_tasks(names, data)
     return _TASKS[key]
 
 
@@ -380,7 +370,7 @@ def _open_cache(cache: bool | str | Path) -> ResponseCache | None:
 
 # Token ids of every text a tokenizer has encoded for evaluate(): a training loop scores the same texts
 # every N steps. Weak keys: the memo goes when the tokenizer does, and nothing in it holds the model.
-_TOKENS: "weakref.WeakKeyDictionary[Any, dict[tuple[str, bool | None], list[int]]]" = weakref.WeakKeyDictionary()
+_TOKENS: weakref.WeakKeyDictionary[Any, dict[tuple[str, bool | None], list[int]]] = weakref.WeakKeyDictionary()
 _TOKENS_PER_TOKENIZER = 200_000
 
 

@@ -261,7 +261,7 @@ def test_lm_eval_bridge_renders_as_lm_eval_hf(smollm2, smollm2_tokenizer):
 
 def test_lm_eval_tasks_are_built_with_the_chat_format(smollm2_tokenizer, data_dir):
     """`--tasks lm_eval:NAME --apply-chat-template`: lm-eval's own builder renders with evalkit's template."""
-    from evalkit.integrations.lm_eval_tasks import lm_eval_tasks
+    from evalkit.tasks.lm_eval import lm_eval_tasks
 
     (task,) = lm_eval_tasks("hellaswag", str(data_dir))
     template = resolve_template(True, smollm2_tokenizer, "smollm2-135m")

@@ -123,7 +123,7 @@ def test_lm_eval_task_by_name_scores_like_lm_eval(tiny, smollm2_tokenizer, tmp_p
     """--tasks lm_eval:hellaswag (hub off: the local rows) gives lm-eval's own numbers for the same model object."""
     from lm_eval.models.huggingface import HFLM
 
-    from evalkit.integrations.lm_eval_tasks import LOCAL_DATA, lm_eval_config
+    from evalkit.tasks.lm_eval import LOCAL_DATA, lm_eval_config
 
     results = evalkit.evaluate(tiny, smollm2_tokenizer, tasks="lm_eval:hellaswag", limit=20, data_dir=data_dir, bootstrap=200, output_dir=tmp_path)
     ours = results["results"]["lm_eval:hellaswag"]["loglikelihood"]
@@ -168,7 +168,7 @@ def test_lm_eval_task_without_local_data_is_one_clear_error(tiny, smollm2_tokeni
 @pytest.mark.parametrize("name", ["hellaswag", "piqa", "gsm8k", "wikitext"])
 def test_local_data_mapping_builds_lm_eval_requests(name, data_dir):
     """Every task evalkit ships data for runs from the local copy through lm-eval's own config and request builder."""
-    from evalkit.integrations.lm_eval_tasks import lm_eval_tasks
+    from evalkit.tasks.lm_eval import lm_eval_tasks
 
     (task,) = lm_eval_tasks(name, data_dir)
     instances = task.instances(limit=2)

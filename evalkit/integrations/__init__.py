@@ -1,4 +1,4 @@
-"""evalkit inside other tools: training-loop callbacks and the lm-evaluation-harness bridge.
+"""evalkit inside other tools: training-loop callbacks and evalkit as an lm-evaluation-harness model.
 
 Nothing here is imported by ``import evalkit``; each module imports its
 framework (transformers, lightning, lm-eval) only when it is used.
@@ -6,5 +6,7 @@ framework (transformers, lightning, lm-eval) only when it is used.
 * :mod:`evalkit.integrations.callbacks`: ``EvalkitCallback`` (transformers ``Trainer``)
   and ``EvalkitLightningCallback`` (PyTorch Lightning).
 * :mod:`evalkit.integrations.lm_eval_model`: evalkit's adapters as lm-eval's ``--model evalkit``.
-* :mod:`evalkit.integrations.lm_eval_tasks`: lm-eval tasks in evalkit as ``--tasks lm_eval:<name>``.
+
+(The other direction, lm-eval tasks in evalkit as ``--tasks lm_eval:<name>``, is a task
+source: :mod:`evalkit.tasks.lm_eval`.)
 """

@@ -93,7 +93,7 @@ class EvalkitCallback(TrainerCallback):
         self.at_evaluate = at_evaluate
 
     @classmethod
-    def attach(cls, trainer: Any, **kwargs: Any) -> "EvalkitCallback":
+    def attach(cls, trainer: Any, **kwargs: Any) -> EvalkitCallback:
         """Create the callback for ``trainer``, add it, and return it."""
         callback = cls(trainer=trainer, **kwargs)
         trainer.add_callback(callback)

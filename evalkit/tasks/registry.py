@@ -8,7 +8,7 @@ is accepted.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import yaml
@@ -30,7 +30,7 @@ def _builtin_files() -> dict[str, Path]:
     return files
 
 
-@lru_cache(maxsize=None)
+@cache
 def _suite(name: str) -> tuple[str, list[str]] | None:
     """(description, member task names) when ``name`` is a built-in suite, else None."""
     path = _builtin_files().get(name)
@@ -75,8 +75,24 @@ def expand(names: list[str]) -> list[str]:
 
 
 def resolve_tasks(names: list[str], data_dir: str | None = None) -> list[Task]:
-    """Tasks for a list of names, suites and YAML paths (what ``--tasks a,b,suite`` means)."""
-    return [get_task(name, data_dir) for name in expand(names)]
+    """Tasks for a list of names, suites, YAML paths and ``lm_eval:<name>`` (what ``--tasks a,b,suite`` means).
+
+    lm-eval tasks keep their place among evalkit's; a task named twice runs once.
+    """
+    from evalkit.tasks.lm_eval import LM_EVAL_PREFIX
+
+    resolved: dict[str, Task] = {}
+    for name in names:
+        if name.startswith(LM_EVAL_PREFIX):
+            from evalkit.tasks.lm_eval import lm_eval_tasks
+
+            for task in lm_eval_tasks(name[len(LM_EVAL_PREFIX) :], data_dir):
+                resolved.setdefault(task.name, task)
+        else:
+            for member in expand([name]):
+                if member not in resolved:
+                    resolved[member] = get_task(member, data_dir)
+    return list(resolved.values())
 
 
 def list_tasks() -> list[tuple[str, str]]:

@@ -19,7 +19,7 @@ local copy differs from the hub's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ LOCAL_DATA: dict[str, LocalData] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def task_manager(folder: str | None = None) -> Any:
     """lm-eval's TaskManager over one folder of its tasks, or over all of them (indexing all takes 15-40 s here)."""
     from lm_eval.tasks import TaskManager
@@ -147,7 +147,7 @@ def lm_eval_config(name: str, data_dir: str | Path | None) -> dict[str, Any] | s
     return {**load_yaml(entry.yaml_path, resolve_func=True), **local.config(root)}
 
 
-def lm_eval_tasks(name: str, data_dir: str | Path | None = None) -> list["LmEvalTask"]:
+def lm_eval_tasks(name: str, data_dir: str | Path | None = None) -> list[LmEvalTask]:
     """The evalkit tasks for an lm-eval task, group or task YAML path (``name`` without the ``lm_eval:`` prefix)."""
     if not name:
         raise EvalkitError("empty lm-eval task name: write tasks='lm_eval:<name>', e.g. lm_eval:hellaswag")
@@ -162,7 +162,7 @@ def lm_eval_tasks(name: str, data_dir: str | Path | None = None) -> list["LmEval
         raise EvalkitError(f"unknown lm-eval task {name!r}; run `lm_eval ls tasks` to see the names, or pass lm_eval:/path/to/task.yaml")
     try:
         loaded = manager.load([spec])["tasks"]
-    except Exception as err:  # noqa: BLE001 - lm-eval and datasets raise anything; the user needs one line
+    except Exception as err:
         offline = "" if hub_reachable() else " (the Hugging Face hub is not reachable from here)"
         raise EvalkitError(f"lm-eval task {name!r} could not be loaded{offline}: {str(err).strip().splitlines()[0]}") from err
     source = "local:" + LOCAL_DATA[name].path if isinstance(spec, dict) else "lm-eval config"
