@@ -56,13 +56,13 @@ class EvalkitLM(LM):
     ) -> None:
         super().__init__()
         if isinstance(model, str):
-            from evalkit.models.placement import available_device
+            from evalkit.devices import default_device
             from evalkit.models.registry import load_model
 
-            if device is None or (device.startswith("cuda") and available_device() == "cpu"):
+            if device is None or (device.startswith("cuda") and default_device() == "cpu"):
                 if device is not None:  # lm-eval's CLI asks for cuda by default; its hf backend falls back the same way
                     logging.getLogger(__name__).warning("device %r is not available here; using cpu", device)
-                device = available_device()
+                device = default_device()
             self.adapter = load_model(model, backend=backend, device=device, dtype=dtype, batch_size=_batch_size(batch_size), **kwargs)
         elif isinstance(model, LanguageModel):
             self.adapter = model

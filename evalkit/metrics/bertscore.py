@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from evalkit.devices import default_device
 from evalkit.errors import EvalkitError
 from evalkit.metrics.artefacts import model_identity
 from evalkit.metrics.corpus import MeanMetric, check_lengths, reference_lists
@@ -30,10 +31,6 @@ from evalkit.quiet import library_output
 _ENCODERS: dict[tuple[str, int, str], tuple[Any, Any]] = {}
 
 
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_encoder(model_type: str, num_layers: int, device: str) -> tuple[Any, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from evalkit.devices import default_device
 from evalkit.errors import EvalkitError
 from evalkit.metrics.artefacts import comet_identity, hub_identity, hub_revision, is_local
 from evalkit.metrics.corpus import MeanMetric, check_lengths, reference_lists
@@ -72,9 +73,7 @@ class COMET(MeanMetric):
         self.device = device
 
     def _device(self) -> str:
-        import torch
-
-        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return self.device or default_device()
 
     def item_scores(self, predictions, references, sources=None):
         check_lengths(predictions, references, self.name)

@@ -60,6 +60,3 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def available_device() -> str:
-    """The device to use when none is named: the GPU if torch sees one, else the CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
