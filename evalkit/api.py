@@ -27,6 +27,7 @@ from evalkit import distributed as dist
 from evalkit.cache import ResponseCache, default_cache_dir
 from evalkit.decoding.config import DecodingConfig
 from evalkit.errors import EvalkitError
+from evalkit.metrics.base import is_ci_key
 from evalkit.models.base import LanguageModel
 from evalkit.results import RunResult, run_metadata
 from evalkit.runner import GridSettings, Progress, decoding_label, run_grid
@@ -172,7 +173,7 @@ def flatten(results: dict) -> dict[str, float]:
         for label, values in by_label.items():
             prefix = f"{task}/{label}/" if len(by_label) > 1 else f"{task}/"
             for metric, value in values.items():
-                if not metric.endswith("_ci") and isinstance(value, (int, float)):
+                if not is_ci_key(metric) and isinstance(value, (int, float)):
                     out[prefix + metric] = float(value)
     return out
 

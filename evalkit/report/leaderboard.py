@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from evalkit.metrics.base import ci_key, is_ci_key
 from evalkit.report import stats
 from evalkit.report.runs import Run
 from evalkit.report.samples import SampleView, view_sample
@@ -99,7 +100,7 @@ def build_leaderboard(runs: list[Run], resamples: int = 1000, seed: int = 0) -> 
 
 def _cell(index: int, run: Run, task: str, label: str) -> Cell:
     raw = run.results[task][label] or {}
-    names = [k for k in raw if not k.endswith("_ci")]
+    names = [k for k in raw if not is_ci_key(k)]
     metric_names = set(names)
     records = run.samples.get((task, label), [])
     return Cell(
@@ -107,7 +108,7 @@ def _cell(index: int, run: Run, task: str, label: str) -> Cell:
         task=task,
         label=label,
         values={k: float(raw[k]) if stats.is_finite(raw[k]) else None for k in names},
-        cis={k: _interval(raw.get(f"{k}_ci")) for k in names},
+        cis={k: _interval(raw.get(ci_key(k))) for k in names},
         n_items=run.n_items.get(task),
         efficiency=(run.efficiency.get(task) or {}).get(label) or {},
         samples=[view_sample(r, i, metric_names) for i, r in enumerate(records)],
