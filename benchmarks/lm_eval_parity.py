@@ -94,8 +94,7 @@ def main() -> None:
         (task_dir / "parity_hellaswag.yaml").write_text(HELLASWAG_YAML.format(data=hellaswag))
         theirs, their_s = run_lm_eval(folder, task_dir, "parity_hellaswag", args.limit, args.batch_size)
         ours, our_s = run_evalkit("hellaswag", args.data_dir, args.limit, args.batch_size)
-        for metric in ("acc", "acc_norm"):
-            rows.append((f"hellaswag/{metric} ({args.limit} items)", ours[metric], theirs[f"{metric},none"], our_s, their_s))
+        rows.extend((f"hellaswag/{metric} ({args.limit} items)", ours[metric], theirs[f"{metric},none"], our_s, their_s) for metric in ("acc", "acc_norm"))
 
         if args.wikitext_docs:
             docs = [i.reference for i in get_task("wikitext2", data_dir=args.data_dir).instances(limit=args.wikitext_docs)]
@@ -107,8 +106,10 @@ def main() -> None:
             (task_dir / "parity_wikitext.yaml").write_text(WIKITEXT_YAML.format(data=data))
             theirs, their_s = run_lm_eval(folder, task_dir, "parity_wikitext", None, args.batch_size)
             ours, our_s = run_evalkit("wikitext2", args.data_dir, args.wikitext_docs, args.batch_size)
-            for metric in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
-                rows.append((f"wikitext2/{metric} ({len(docs)} docs)", ours[metric], theirs[f"{metric},none"], our_s, their_s))
+            rows.extend(
+                (f"wikitext2/{metric} ({len(docs)} docs)", ours[metric], theirs[f"{metric},none"], our_s, their_s)
+                for metric in ("word_perplexity", "byte_perplexity", "bits_per_byte")
+            )
 
     print(f"{'metric':38s} {'evalkit':>10s} {'lm-eval':>10s} {'evalkit s':>10s} {'lm-eval s':>10s}")
     for name, mine, theirs, my_s, their_s in rows:

@@ -167,7 +167,7 @@ def main() -> None:
         t_hf = timed(lambda: hf_generate(hf, tok, prompts, 128, 16, ["Question:"], force=False), args.runs, device)
         work = sum(map(len, produced["native"]))
         report(f"eval-shaped generation ({args.gsm8k} gsm8k, batch 16)", "tokens/s", work, t_native, t_hf)
-        rows.append((f"eval-shaped generation, hf backend through evalkit's scheduler", "",
+        rows.append(("eval-shaped generation, hf backend through evalkit's scheduler", "",
                      f"{work / t_adapter:.1f}", "tokens/s", f"{t_hf / t_adapter:.2f}x (hf backend / generate)"))
         print(f"  hf backend (evalkit scheduler over the transformers model): {work / t_adapter:.1f} tokens/s, "
               f"{t_hf / t_adapter:.2f}x transformers generate; outputs equal native's: "

@@ -58,8 +58,8 @@ def main() -> None:
         print("| --- | --- | --- | --- |")
         for rows in map(int, args.rows.split(",")):
             inputs = {i: torch.randn(rows, i) for _, i in shapes}
-            t_plain = pass_time(lambda: [F.linear(inputs[m.in_features], m.weight) for m in plain], args.runs)
-            t_packed = pass_time(lambda: [p(inputs[m.in_features]) for m, p in zip(plain, packed)], args.runs)
+            t_plain = pass_time(lambda inputs=inputs: [F.linear(inputs[m.in_features], m.weight) for m in plain], args.runs)
+            t_packed = pass_time(lambda inputs=inputs: [p(inputs[m.in_features]) for m, p in zip(plain, packed)], args.runs)
             print(f"| {rows} | {t_plain * 1e3:.1f} | {t_packed * 1e3:.1f} | {t_plain / t_packed:.2f}x |", flush=True)
 
 

@@ -3,9 +3,10 @@
 The requests are the ``cnndm-summeval`` task's (zero-shot summaries of CNN/DailyMail articles: the
 summary reuses the article's names and phrases, which is what prompt lookup drafts from), rendered
 with the model's chat template (SmolLM2-135M-Instruct answers a plain prompt with end-of-turn at
-once; ``evalkit run --apply-chat-template`` renders the same), 128 new tokens, the task's stop strings. For each strategy it prints tokens/s end to end (prefill included)
-and for decoding alone, the speedup over the base strategy, whether every output is token-identical
-to the base's, and the machine-independent counts (target forwards per generated token, acceptance).
+once; ``evalkit run --apply-chat-template`` renders the same), 128 new tokens, the task's stop
+strings. For each strategy it prints tokens/s end to end (prefill included) and for decoding
+alone, the speedup over the base strategy, whether every output is token-identical to the base's,
+and the machine-independent counts (target forwards per generated token, acceptance).
 
     python benchmarks/speculative.py                                   # native, CPU, 20 articles, batch 1
     python benchmarks/speculative.py --batch-size 8 --strategies greedy,greedy+lookup2,greedy+lookup4
@@ -24,7 +25,6 @@ from pathlib import Path
 import torch
 
 from evalkit.decoding import parse_decoding
-from evalkit.models.gguf_cache import convert_gguf
 from evalkit.models.hf import load_hf
 from evalkit.models.native import load_native
 from evalkit.tasks import get_task

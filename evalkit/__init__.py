@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from evalkit.api import evaluate, flatten
     from evalkit.decoding.config import DecodingConfig
 
-__all__ = ["evaluate", "flatten", "DecodingConfig", "EvalkitError"]
+__all__ = ["DecodingConfig", "EvalkitError", "evaluate", "flatten"]
 __version__ = "0.1.0"
 
 # evalkit.api imports torch (seconds): loaded on first use, so `evalkit --help` and `import evalkit.cli` stay fast.

@@ -29,8 +29,9 @@ from evalkit.decoding.config import DecodingConfig
 from evalkit.errors import EvalkitError
 from evalkit.metrics.base import is_ci_key
 from evalkit.models.base import LanguageModel
+from evalkit.progress import Progress
 from evalkit.results import RunResult, run_metadata
-from evalkit.runner import GridSettings, Progress, decoding_label, run_grid
+from evalkit.runner import GridSettings, decoding_label, run_grid
 
 
 def evaluate(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from evalkit.decoding.config import DecodingConfig
 from evalkit.requests import Generate, Request, Response, request_key

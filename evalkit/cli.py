@@ -7,12 +7,13 @@ are printed as one line (no traceback) with exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -22,8 +23,7 @@ from rich.text import Text
 
 from evalkit.errors import EvalkitError
 from evalkit.progress import current as current_progress
-from evalkit.progress import duration
-from evalkit.progress import reporting
+from evalkit.progress import duration, reporting
 
 # Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -901,10 +901,8 @@ def build_parser() -> argparse.ArgumentParser:
     for build in PARSER_BUILDERS:
         build(commands)
     for sub in commands.choices.values():  # also accepted after the command: `evalkit score ... --verbose`
-        try:
+        with contextlib.suppress(argparse.ArgumentError):  # the command defines its own --verbose
             sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
-        except argparse.ArgumentError:  # the command defines its own --verbose
-            pass
     return parser
 
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, Protocol, TextIO
+from typing import Protocol, TextIO
 
 
 class Progress(Protocol):
@@ -68,7 +69,7 @@ class SilentProgress:
 
 def duration(seconds: float) -> str:
     """``0:29``, ``12:05``, ``1:02:03``."""
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -25,8 +25,8 @@ import io
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from typing import Iterator
 
 QUIET_LEVELS = {
     "lightning.pytorch": logging.ERROR,

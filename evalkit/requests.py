@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Generate:
     messages: tuple[tuple[str, str], ...] | None = None  # (role, content) turns behind a chat prompt
 
 
-Request = Union[Loglikelihood, RollingLoglikelihood, Generate]
+Request = Loglikelihood | RollingLoglikelihood | Generate
 
 
 def request_key(request: Request) -> str:
@@ -109,13 +108,13 @@ class Response:
     is_greedy: bool | None = None
     finish_reason: str | None = None
     timing: Timing = field(default_factory=Timing)
-    alternatives: list["Response"] = field(default_factory=list)
+    alternatives: list[Response] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Response":
+    def from_dict(cls, data: dict) -> Response:
         data = dict(data)
         data["timing"] = Timing(**data.get("timing", {}))
         data["alternatives"] = [cls.from_dict(a) for a in data.get("alternatives", [])]

@@ -14,8 +14,8 @@ import resource
 import sys
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -25,9 +25,8 @@ from evalkit.distributed import SINGLE, Ranks, broadcast, gather
 from evalkit.metrics.base import MetricResult
 from evalkit.metrics.diversity import diversity_metrics
 from evalkit.models.base import LanguageModel
-from evalkit.progress import Progress, SilentProgress  # noqa: F401 - SilentProgress: imported from here too
+from evalkit.progress import Progress, step
 from evalkit.progress import current as current_progress
-from evalkit.progress import step
 from evalkit.requests import Generate, Loglikelihood, Request, Response, RollingLoglikelihood
 from evalkit.results import CellResult, Efficiency
 from evalkit.tasks.chat import PLAIN, PromptFormat
@@ -108,7 +107,7 @@ def _diversity(responses: list[list[Response]]) -> dict[str, MetricResult]:
 
 # Instances are pure functions of (task, limit, prompt format); a training loop evaluating every N steps
 # builds them once. Weak keys: the memo lives exactly as long as the caller keeps the Task.
-_INSTANCES: "weakref.WeakKeyDictionary[object, dict[tuple, list]]" = weakref.WeakKeyDictionary()
+_INSTANCES: weakref.WeakKeyDictionary[object, dict[tuple, list]] = weakref.WeakKeyDictionary()
 
 
 def task_instances(task, limit: int | None, fmt: PromptFormat = PLAIN) -> list:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -123,7 +124,8 @@ def load_jsonl_outputs(
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     raise EvalkitError(f"{path}:{line_no}: not valid JSON; give one JSON object per line") from None
-                needed = [system_field, prediction_field, reference_field, *([source_field] if source_field else []), *([id_field] if id_field else []), *human_fields]
+                optional = [f for f in (source_field, id_field) if f]
+                needed = [system_field, prediction_field, reference_field, *optional, *human_fields]
                 missing = [f for f in needed if f not in row]
                 if missing:
                     raise EvalkitError(f"{path}:{line_no}: no field {missing[0]!r}; fields there: {', '.join(row)}")

@@ -285,7 +285,7 @@ def _join_logprobs(echo: dict | None, generated: dict) -> dict:
 
 
 def _sequences(response: Response, n: int) -> list[Response]:
-    return ([response] + list(response.alternatives))[:n]
+    return [response, *response.alternatives][:n]
 
 
 def _content_text(content: Any) -> str:
@@ -354,7 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
     service: ModelService
     api_key: str | None = None
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         if self.path.rstrip("/") in ("/v1/models", "/models"):
             self._answer(lambda _: self.service.models(), read_body=False)
         elif self.path.rstrip("/") in ("", "/health"):
@@ -362,7 +362,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, _error(f"no route GET {self.path}", "not_found"))
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         routes = {"/v1/completions": self.service.completions, "/v1/chat/completions": self.service.chat}
         route = routes.get(self.path.rstrip("/"))
         if route is None:
@@ -380,7 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
         except BadRequest as err:
             kind = {401: "authentication_error", 404: "not_found"}.get(err.status, "invalid_request_error")
             self._send(err.status, _error(str(err), kind))
-        except Exception as err:  # noqa: BLE001 - a server answers every request; the client sees one line
+        except Exception as err:
             self._send(500, _error(f"{type(err).__name__}: {err}".splitlines()[0], "server_error"))
 
     def _read_json(self) -> dict:
@@ -410,7 +410,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+    def log_message(self, format: str, *args: Any) -> None:
         """One line per request (method, path, status), never headers: the API key stays out of logs."""
         sys.stderr.write(f"{self.log_date_time_string()} {format % args}\n")
 

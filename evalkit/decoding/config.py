@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Union
 
 from evalkit.errors import EvalkitError
 
-EarlyStopping = Union[bool, str]
+EarlyStopping = bool | str
 
 #: Parameters that only mean something when tokens are sampled.
 SAMPLING_FIELDS = ("top_k", "top_p", "min_p", "typical_p")
@@ -119,7 +118,7 @@ class DecodingConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DecodingConfig":
+    def from_dict(cls, data: dict) -> DecodingConfig:
         data = {k: v for k, v in data.items() if k != "label"}
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:

@@ -113,7 +113,7 @@ class History:
     generated: torch.Tensor  # [rows] int64: tokens generated so far
 
     @classmethod
-    def empty(cls, rows: int, vocab_size: int, device: torch.device) -> "History":
+    def empty(cls, rows: int, vocab_size: int, device: torch.device) -> History:
         return cls(
             torch.zeros(rows, vocab_size, dtype=torch.bool, device=device),
             torch.zeros(rows, vocab_size, dtype=torch.float32, device=device),
@@ -122,7 +122,7 @@ class History:
         )
 
     @classmethod
-    def start(cls, prompts: list[list[int]], vocab_size: int, device: torch.device) -> "History":
+    def start(cls, prompts: list[list[int]], vocab_size: int, device: torch.device) -> History:
         """One row per prompt."""
         history = cls.empty(len(prompts), vocab_size, device)
         history.reset(list(range(len(prompts))), prompts)
@@ -153,7 +153,7 @@ class History:
         for row, token in zip(rows.tolist(), next_tokens.tolist()):
             self.tokens[row].append(token)
 
-    def select(self, index: torch.Tensor) -> "History":
+    def select(self, index: torch.Tensor) -> History:
         """Keep, reorder or repeat rows, like ``Backend.reorder_cache``."""
         idx = index.tolist()
         return History(self.seen[index], self.counts[index], [list(self.tokens[i]) for i in idx],

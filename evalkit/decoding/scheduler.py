@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -575,7 +576,7 @@ class _Beams:
 
     @classmethod
     def start(cls, items: list[int], rows: list[list[int]], budgets: list[int], beams: int, width: int,
-              device: torch.device) -> "_Beams":
+              device: torch.device) -> _Beams:
         n = len(items)
         run_scores = torch.zeros(n, beams, dtype=torch.float32, device=device)
         run_scores[:, 1:] = _NEG
@@ -597,12 +598,12 @@ class _Beams:
     def _tensors(self) -> list[str]:
         return [f.name for f in fields(self) if f.name not in ("items", "rows")]
 
-    def keep(self, index: list[int]) -> "_Beams":
+    def keep(self, index: list[int]) -> _Beams:
         at = torch.tensor(index, dtype=torch.long, device=self.cur.device)
         kept = {name: getattr(self, name)[at] for name in self._tensors()}
         return _Beams(items=[self.items[a] for a in index], rows=[self.rows[a] for a in index], **kept)
 
-    def cat(self, other: "_Beams") -> "_Beams":
+    def cat(self, other: _Beams) -> _Beams:
         joined = {name: torch.cat([getattr(self, name), getattr(other, name)]) for name in self._tensors()}
         return _Beams(items=self.items + other.items, rows=self.rows + other.rows, **joined)
 

@@ -24,7 +24,7 @@ draft model is driven by the scheduler over its own Backend.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -30,7 +30,7 @@ def hidden_stops(tokenizer: Any, stops: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(s for s in stops if known[s])
 
 
-_HIDDEN: "weakref.WeakKeyDictionary[Any, dict[str, bool]]" = weakref.WeakKeyDictionary()
+_HIDDEN: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:

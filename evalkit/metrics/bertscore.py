@@ -15,6 +15,7 @@ packages' metadata.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import defaultdict
 from typing import Any
@@ -112,7 +113,7 @@ class BERTScore(MeanMetric):
             idf_dict[tokenizer.cls_token_id] = 0
         all_preds = bert_cos_score_idf(model, refs, cands, tokenizer, idf_dict, device=device, batch_size=self.batch_size).cpu()
         bounds = np.cumsum([0] + [len(g) for g in groups])
-        all_preds = torch.stack([all_preds[a:b].max(dim=0)[0] for a, b in zip(bounds[:-1], bounds[1:])])
+        all_preds = torch.stack([all_preds[a:b].max(dim=0)[0] for a, b in itertools.pairwise(bounds)])
         if self.rescale_with_baseline:
             baseline = self._baseline()
             all_preds = (all_preds - baseline) / (1 - baseline)

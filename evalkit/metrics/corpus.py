@@ -10,7 +10,8 @@ are plain averages (accuracy, BERTScore, COMET, ROUGE) use ``[value, 1]`` rows.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -16,8 +16,9 @@ BLEU's. Definitions:
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from evalkit.errors import EvalkitError
 from evalkit.metrics.base import MetricResult

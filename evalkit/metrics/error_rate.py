@@ -10,7 +10,8 @@ split between substitutions and insertions (which MER and WIL depend on) agrees.
 from __future__ import annotations
 
 import unicodedata
-from typing import Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from evalkit.errors import EvalkitError
 from evalkit.metrics.corpus import CorpusMetric, check_lengths
 from evalkit.metrics.signature import make_signature, version
 
-H, S, D, I, N_REF, N_HYP = range(6)
+H, S, D, I, N_REF, N_HYP = range(6)  # noqa: E741 (hits, substitutions, deletions, insertions: the literature's letters)
 
 
 def normalise(text: str, lowercase: bool, remove_punctuation: bool) -> str:
@@ -51,7 +52,7 @@ class ErrorRate(CorpusMetric):
     """Word (wer, mer, wil) or character (cer) error rates; lower is better; fractions, not percent."""
 
     higher_is_better = False
-    KINDS = {
+    KINDS: ClassVar[dict[str, str]] = {
         "wer": "word error rate, corpus-pooled (S+D+I)/N",
         "cer": "character error rate, corpus-pooled",
         "mer": "match error rate (S+D+I)/(H+S+D+I)",

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class Perplexity(CorpusMetric):
     """One perplexity unit: ``token``, ``word`` or ``byte`` perplexity, or ``bits_per_byte``."""
 
     higher_is_better = False
-    UNITS = {
+    UNITS: ClassVar[dict[str, str]] = {
         "token_perplexity": "exp(-sum logprob / sum tokens)",
         "word_perplexity": "exp(-sum logprob / sum words), lm-eval wikitext definition",
         "byte_perplexity": "exp(-sum logprob / sum UTF-8 bytes)",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "acc": Accuracy.description,
     "acc_norm": Accuracy.description + " (length-normalised choice)",
     **{name: factory.description for name, factory in _FACTORIES.items() if isinstance(factory, type)},
-    **{t: Rouge.description for t in ROUGE_TYPES},
+    **dict.fromkeys(ROUGE_TYPES, Rouge.description),
     **Perplexity.UNITS,
     **ErrorRate.KINDS,
 }

@@ -6,11 +6,11 @@ writes its options and the versions of the libraries that computed it here.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 
 
-@lru_cache(maxsize=None)
+@cache
 def version(package: str) -> str:
     """The installed version of ``package`` ("none" when it is absent)."""
     try:

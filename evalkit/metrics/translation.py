@@ -9,7 +9,8 @@ signature verbatim plus the target language that picked the tokenizer.
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

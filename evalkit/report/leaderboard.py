@@ -249,5 +249,6 @@ def _comparability(runs: list[Run], rows: list[Row], cells: list[Cell], task_nam
                 flags.append(f"Task {task}, metric {metric}: runs used different metric signatures ({' | '.join(sorted(signatures))}).")
     empty = [f"{runs[c.run].name}: {c.task} [{c.label}]" for c in cells if not c.samples]
     if empty:
-        flags.append(f"No per-sample records for {len(empty)} cell(s) ({'; '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}); they have no significance test and no samples to browse.")
+        shown = "; ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
+        flags.append(f"No per-sample records for {len(empty)} cell(s) ({shown}); they have no significance test and no samples to browse.")
     return flags, cell_flags

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from evalkit.errors import EvalkitError, not_utf8
-
 
 # ----------------------------------------------------------------- turns (lm-eval's Message)
 
@@ -142,7 +141,7 @@ class ChatTemplate:
         )
         return rendered[0]
 
-    @lru_cache(maxsize=None)  # noqa: B019 - templates are few, frozen and live for the run
+    @cache  # noqa: B019 - templates are few, frozen and live for the run
     def end_of_turn(self) -> str | None:
         """The marker that closes an assistant turn (``<|im_end|>`` in ChatML), read off the template itself.
 
@@ -153,7 +152,7 @@ class ChatTemplate:
         reply = "EVALKIT-REPLY"
         try:
             text = self._render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply}], False, False)
-        except Exception:  # noqa: BLE001 - a template that cannot close a turn simply has no marker
+        except Exception:
             return None
         return text.partition(reply)[2].split("\n", 1)[0].strip() or None
 

@@ -30,8 +30,9 @@ request leaves the text as it is.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from evalkit.errors import EvalkitError
 

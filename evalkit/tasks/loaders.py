@@ -142,7 +142,7 @@ def read_file(path: Path, dataset: DatasetSpec) -> list[dict]:
 def read_columns(paths: dict[str, Path]) -> list[dict]:
     """Line-aligned text files as fields: line i of every file is document i (WMT src/ref files)."""
     columns = {name: _read_utf8(path).split("\n") for name, path in paths.items()}
-    for name, lines in columns.items():
+    for lines in columns.values():
         if lines and lines[-1] == "":
             lines.pop()
     lengths = {name: len(lines) for name, lines in columns.items()}

@@ -240,13 +240,13 @@ class Task:
             for inst, (resp,) in zip(instances, responses):
                 pairs.append((float(resp.logprob), len(resp.token_logprobs)))
                 samples.append(self._sample(inst, resp.logprob, n_tokens=len(resp.token_logprobs)))
-            return {n: pairs for n in names}, references, samples
+            return dict.fromkeys(names, pairs), references, samples
         outputs: dict[str | None, list[str]] = {pipeline: [] for pipeline in self._filters}
         for inst, (resp,) in zip(instances, responses):
             filtered = {pipeline: apply(resp.text) for pipeline, apply in self._filters.items()}
             for pipeline, text in filtered.items():
                 outputs[pipeline].append(text)
-            shown = filtered[None] if None in filtered else filtered  # a plain filter keeps its one string
+            shown = filtered.get(None, filtered)  # a plain filter keeps its one string
             samples.append(self._sample(inst, resp.text, filtered=shown, finish_reason=resp.finish_reason))
         # one list per pipeline, shared by its metrics, so score() still scores them in one call
         return {self._row(n, pipeline): outputs[pipeline] for pipeline in outputs for n in names}, references, samples

@@ -18,8 +18,9 @@ keeps task files declarative.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import jinja2
 
