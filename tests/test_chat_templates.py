@@ -213,7 +213,7 @@ def test_fewshot_as_multiturn_needs_the_template(one_line_error, tmp_path):
 @pytest.mark.parametrize(
     "content, needles",
     [
-        ("{% for m in messages %}\n{{ m['content'] }}\n{% endfor\n".encode(), ["line 3"]),  # Jinja syntax error
+        (b"{% for m in messages %}\n{{ m['content'] }}\n{% endfor\n", ["line 3"]),  # Jinja syntax error
         (b"", ["does not render the messages' content"]),  # would score every item on an empty prompt
         ("{{ messages[0]['content'] }} caf\xe9".encode("latin-1"), ["line 1", "byte offset 32", "0xe9"]),  # not UTF-8
     ],

@@ -80,7 +80,7 @@ def test_every_local_format_reports_the_bad_byte(tmp_path, suffix):
 
     data = tmp_path / f"items.{suffix}"
     data.write_bytes(b"q,a\nok,fine\n\xff\xfe,x\n" if suffix != "json" else b'[{"q": "\xff"}]')
-    with pytest.raises(EvalkitError, match=r"items\.%s: line (3|1), byte offset \d+: byte 0xff" % suffix):
+    with pytest.raises(EvalkitError, match=rf"items\.{suffix}: line (3|1), byte offset \d+: byte 0xff"):
         get_task(str(yaml_task(tmp_path, data)))
 
 

@@ -91,9 +91,8 @@ def loglikelihoods(samples: list[dict]) -> list[float]:
 
 def test_lm_eval_model_evalkit_matches_lm_eval_hf_backend(task_dir, tmp_path):
     """SmolLM2 on 20 HellaSwag items: lm-eval's own hf backend vs --model evalkit (hf in-process, native via the CLI)."""
-    from evalkit.models.registry import resolve_model_path
-
     import evalkit.integrations.lm_eval_model  # noqa: F401 - registers --model evalkit
+    from evalkit.models.registry import resolve_model_path
 
     folder = resolve_model_path("smollm2-135m")
     theirs = lm_eval_run("hf", ["parity_hellaswag"], task_dir, 20, model_args=f"pretrained={folder},dtype=float32")
@@ -164,7 +163,7 @@ def test_generate_until_both_ways(tiny, smollm2_tokenizer, task_dir):
 
 
 def test_lm_eval_task_without_local_data_is_one_clear_error(tiny, smollm2_tokenizer, tmp_path):
-    with pytest.raises(EvalkitError, match="hub is not reachable.*data_dir=DIR"):
+    with pytest.raises(EvalkitError, match=r"hub is not reachable.*data_dir=DIR"):
         evalkit.evaluate(tiny, smollm2_tokenizer, tasks="lm_eval:hellaswag", limit=2, data_dir=tmp_path)
 
 

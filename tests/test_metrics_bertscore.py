@@ -7,8 +7,8 @@ from importlib import metadata
 import bert_score
 import pytest
 
-from evalkit.metrics import compute_metrics, get_metric
 from evalkit.metrics import bertscore as bertscore_module
+from evalkit.metrics import compute_metrics, get_metric
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def test_equal_to_bert_score(pairs, idf, scipy_percentile_ci, minilm_folder):
     hyps, refs, _ = pairs
     options = {"bertscore": {"model": str(minilm_folder), "num_layers": 4, "idf": idf}}
     ours = compute_metrics(["bertscore"], hyps, refs, options=options, n_resamples=200)["bertscore"]
-    p, r, f = bert_score.score(hyps, refs, model_type=str(minilm_folder), num_layers=4, idf=idf, device="cpu")
+    p, _r, f = bert_score.score(hyps, refs, model_type=str(minilm_folder), num_layers=4, idf=idf, device="cpu")
     assert ours.per_sample == pytest.approx(f.tolist(), abs=1e-6)
     assert ours.score == pytest.approx(f.mean().item(), abs=1e-6)
     assert ours.extra["precision"] == pytest.approx(p.mean().item(), abs=1e-6)

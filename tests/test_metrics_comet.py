@@ -20,9 +20,8 @@ import torch
 import yaml
 
 from evalkit.errors import EvalkitError
-from evalkit.metrics import compute_metrics, get_metric
 from evalkit.metrics import comet as comet_module
-
+from evalkit.metrics import compute_metrics, get_metric
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ def test_every_task_metric_is_registered():
 
 
 def test_unknown_metric_lists_the_valid_ones():
-    with pytest.raises(EvalkitError, match="unknown metric 'blue'.*bleu"):
+    with pytest.raises(EvalkitError, match=r"unknown metric 'blue'.*bleu"):
         get_metric("blue")
     with pytest.raises(EvalkitError, match=r"bleu has no option 'colour'; its options: .*tokenize"):
         get_metric("bleu", colour="red")

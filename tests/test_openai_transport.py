@@ -19,7 +19,7 @@ import pytest
 from evalkit.errors import EvalkitError
 from evalkit.models.openai_transport import Transport
 
-pytestmark = pytest.mark.server  # an in-process http.server on loopback: quick, but a real server
+pytestmark = pytest.mark.unit  # an in-process http.server thread on loopback (3 s), not a model server: part of the quick check
 
 
 @contextmanager

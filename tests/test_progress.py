@@ -74,9 +74,8 @@ def test_steps_say_what_runs_and_how_long_only_to_an_installed_reporter(capsys):
             pass
         with step("bootstrap sys: bleu", quiet_below=60):  # quick: says nothing
             pass
-        with pytest.raises(KeyboardInterrupt):
-            with step("loading model"):
-                raise KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt), step("loading model"):
+            raise KeyboardInterrupt
     lines = stream.getvalue().splitlines()
     assert lines[0] == "converting model.gguf ..."
     assert lines[1].startswith("converting model.gguf: done in ") and lines[1].endswith(" s")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
-from huggingface_hub import constants as hf_constants
 import pytest
+from huggingface_hub import constants as hf_constants
 
 from evalkit.errors import EvalkitError
 from evalkit.models.gguf_cache import cached_folder, convert_gguf
@@ -73,7 +73,7 @@ def test_unknown_names_are_one_line_errors(name, why):
 
 @pytest.mark.unit
 def test_folder_without_config_is_an_error(tmp_path):
-    with pytest.raises(EvalkitError, match="no config.json"):
+    with pytest.raises(EvalkitError, match=r"no config\.json"):
         resolve_model_path(str(tmp_path))
 
 

@@ -169,7 +169,7 @@ def test_protocol_errors_are_one_line(served, remote, monkeypatch):
     reply = requests.post(f"{served.url}/completions", json={"prompt": "x", "temperature": 0, "n": 2}, headers=headers,
                           timeout=60)
     assert reply.status_code == 400 and "greedy decoding returns one sequence" in reply.json()["error"]["message"]
-    with pytest.raises(EvalkitError, match="answered 400: a prompt of .* exceeds the model's context"):
+    with pytest.raises(EvalkitError, match=r"answered 400: a prompt of .* exceeds the model's context"):
         remote.generate([Generate("x", max_new_tokens=remote.max_length + 1)], DecodingConfig())
     with pytest.raises(EvalkitError, match="does not serve 'gpt-4'"):
         OpenAIModel(served.url, "gpt-4", api_key_env=KEY_ENV)

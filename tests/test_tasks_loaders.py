@@ -76,7 +76,7 @@ def test_data_dir_from_environment(tmp_path, monkeypatch):
 def test_bad_jsonl_line_is_named(tmp_path):
     (tmp_path / "items.jsonl").write_text('{"q": "x", "a": "1"}\n{broken\n')
     with pytest.raises(EvalkitError, match="line 2 is not valid JSON"):
-        task_on(tmp_path, {"path": "items.jsonl"}).docs
+        _ = task_on(tmp_path, {"path": "items.jsonl"}).docs
 
 
 def test_columns_must_be_aligned(tmp_path):

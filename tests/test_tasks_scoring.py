@@ -95,10 +95,9 @@ GSM8K_OUTPUTS = [
 
 
 def test_gsm8k_filter_and_exact_match_match_lm_eval(data_dir):
+    import lm_eval
     from lm_eval.api.metrics import exact_match_hf_evaluate
     from lm_eval.filters.extraction import RegexFilter
-
-    import lm_eval
 
     lm_yaml = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml"
     config = yaml.safe_load(lm_yaml.read_text())

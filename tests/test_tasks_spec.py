@@ -122,7 +122,7 @@ def test_missing_builtin_data_names_hub_dataset(monkeypatch, tmp_path):
 
 def test_wmt_without_data_fails_at_lookup(monkeypatch, tmp_path):
     monkeypatch.delenv("EVALKIT_DATA", raising=False)
-    with pytest.raises(EvalkitError, match="wmt21_news_text/newstest2021.de-en.src.de.txt.*data_dir=DIR"):
+    with pytest.raises(EvalkitError, match=r"wmt21_news_text/newstest2021\.de-en\.src\.de\.txt.*data_dir=DIR"):
         get_task("wmt21-de-en", str(tmp_path))
 
 
@@ -140,7 +140,7 @@ def test_registry_lists_builtins_and_expands_suites(monkeypatch):
     monkeypatch.delenv("EVALKIT_DATA", raising=False)
     names = dict(list_tasks())
     for name in ("wikitext2", "hellaswag", "piqa", "gsm8k", "wmt21-de-en", "wmt21-en-de", "cnndm-summeval", "demo", "demo-lm"):
-        assert name in names and names[name]
+        assert names.get(name)
     assert [t.name for t in resolve_tasks(["demo", "demo-lm"])] == ["demo-lm", "demo-choice", "demo-arith"]
     with pytest.raises(EvalkitError, match="suite"):
         get_task("demo")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import itertools
 import random
 import time
 from pathlib import Path
@@ -77,13 +78,13 @@ def trained(smollm2_tokenizer, tmp_path_factory, data_dir):
 
 
 def test_callback_perplexity_falls_during_training(trained):
-    model, callback, log_history, _ = trained
+    _model, callback, log_history, _ = trained
     steps = [step for step, _ in callback.history]
     ppl = [metrics[PPL] for _, metrics in callback.history]
     print("step -> wikitext2 word perplexity:", dict(zip(steps, [round(p) for p in ppl])))
     assert steps == list(range(0, STEPS + 1, EVERY))
     assert ppl[-1] < ppl[0] / 10  # random init is near-uniform over 49k tokens; training learns the text's statistics
-    assert all(later < earlier * 1.05 for earlier, later in zip(ppl, ppl[1:]))
+    assert all(later < earlier * 1.05 for earlier, later in itertools.pairwise(ppl))
     logged = {entry["step"]: entry[PPL] for entry in log_history if PPL in entry}  # through trainer.log
     assert logged == dict(zip(steps, ppl))
     assert {"wikitext2/byte_perplexity", "wikitext2/bits_per_byte"} <= set(callback.history[-1][1])
