@@ -103,13 +103,22 @@ def paired_bootstrap(
     return paired_from_resamples(observed, boot_a - boot_b, confidence)
 
 
+_TIE_TOLERANCE = 1e-9  # relative: far above float summation error, far below any real difference of scores
+
+
 def paired_from_resamples(observed: float, deltas: np.ndarray, confidence: float = 0.95) -> PairedTest:
     """Two-sided p-value from resampled deltas centred on the observed one (their null distribution), +1 corrected.
 
     Scoring each system once on a fixed set of resamples (same seed, same items)
     and subtracting gives every pairwise test without rescoring per pair.
+
+    A resample whose delta is 0 or twice the observed one ties with it in exact
+    arithmetic, common when per-item scores take few values (accuracy, exact
+    match); float sums put such a tie on either side depending on summation
+    order, so ties count as extreme within a relative tolerance.
     """
-    extreme = np.count_nonzero(np.abs(deltas - observed) >= abs(observed))
+    tolerance = _TIE_TOLERANCE * max(abs(observed), float(np.abs(deltas).max(initial=0.0)))
+    extreme = np.count_nonzero(np.abs(deltas - observed) >= abs(observed) - tolerance)
     return PairedTest("paired-bootstrap", observed, (extreme + 1) / (len(deltas) + 1), percentile_ci(deltas, confidence), len(deltas))
 
 
