@@ -96,22 +96,34 @@ def test_training_updates_the_evaluated_weights_in_place(trained):
     assert {name: p.data_ptr() for name, p in model.named_parameters()} == pointers
 
 
-def test_evaluate_overhead_on_100_items(trained, smollm2_tokenizer, data_dir):
-    """One evaluate() on 100 HellaSwag items (400 loglikelihood requests), cold and warm (tasks and tokens memoized)."""
+def test_evaluate_overhead_on_100_items(trained, smollm2_tokenizer, data_dir, monkeypatch):
+    """evaluate() every N steps on 100 HellaSwag items (400 loglikelihood requests): a repeated call builds no prompt anew.
+
+    The timings are printed for the record; the assertion is on the work itself (a timed assertion is noise on a
+    shared machine, and an earlier test of the session may already have built these tasks).
+    """
+    from evalkit.tasks.task import Task
+
+    built = []
+    instances = Task.instances
+    monkeypatch.setattr(Task, "instances", lambda self, *a, **kw: built.append(self.name) or instances(self, *a, **kw))
     model = trained[0]
-    timings, model_s = [], []
+    timings, model_s, scores, built_per_call = [], [], [], []
     for _ in range(2):
+        built.clear()
         started = time.perf_counter()
         results = evalkit.evaluate(model, smollm2_tokenizer, tasks="hellaswag", limit=100, data_dir=data_dir, bootstrap=0)
         timings.append(time.perf_counter() - started)
         model_s.append(results["efficiency"]["hellaswag"]["loglikelihood"]["prefill_s"])  # forward passes alone
+        scores.append(evalkit.flatten(results))
+        built_per_call.append(list(built))
     print(
         f"\nevaluate() on 100 hellaswag items: first call {timings[0]:.2f} s (model {model_s[0]:.2f} s), "
         f"repeated call {timings[1]:.2f} s (model {model_s[1]:.2f} s)"
     )
-    assert set(evalkit.flatten(results)) == {"hellaswag/acc", "hellaswag/acc_norm"}
+    assert set(scores[1]) == {"hellaswag/acc", "hellaswag/acc_norm"} and scores[0] == scores[1]
     assert results["n_items"]["hellaswag"] == 100
-    assert timings[1] - model_s[1] <= timings[0] - model_s[0]  # the repeated call does not rebuild tasks or tokens
+    assert built_per_call[1] == []  # the repeated call reuses the first call's tasks and prompts
 
 
 def _rss_kib(field: str) -> int:
