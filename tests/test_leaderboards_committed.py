@@ -31,3 +31,17 @@ def test_rebuilding_every_page_gives_the_committed_bytes(tmp_path):
     for path in rebuild_pages(LEADERBOARDS, tmp_path):
         committed = LEADERBOARDS / path.name
         assert path.read_bytes() == committed.read_bytes(), f"leaderboards/{path.name} {STALE}"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b'{"a.html": "\xff"}', "byte offset 12: byte 0xff is not valid UTF-8"),
+        (b"", "is not valid JSON"),
+        (b'{"a.html": {"title": "t"}}', 'needs a file name NAME.html, a "title" string and a non-empty "runs" list'),
+    ],
+)
+def test_a_broken_pages_json_is_one_line(tmp_path, one_line_error, content, needle):
+    """Non-UTF-8, empty or incomplete pages.json: one error line naming the file and the fix, no traceback."""
+    (tmp_path / "pages.json").write_bytes(content)
+    one_line_error(["report", "--rebuild", str(tmp_path)], "pages.json", needle)

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, not_utf8
 from evalkit.report.render import build_report
 
 MANIFEST = "pages.json"
@@ -39,6 +39,8 @@ def read_pages(folder: Path) -> list[Page]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise EvalkitError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     if not isinstance(data, dict) or not data:
         raise EvalkitError(f'{path} must be an object of pages: {{"NAME.html": {{"title": "...", "runs": ["RUN_DIR", ...]}}}}')
     pages = []
